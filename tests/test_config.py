@@ -1,0 +1,93 @@
+"""config.toml parsing: defaults, secrets, schedules, and one clear line for each mistake."""
+
+from pathlib import Path
+
+import pytest
+
+from worker import config as config_mod
+from worker.errors import ConfigError
+
+MINIMAL = """
+[[sources]]
+name = "menu"
+url = "http://127.0.0.1:1/menu"
+every = "5m"
+"""
+
+
+def load(project, toml: str, environ: dict[str, str] | None = None):
+    return project.config(toml, environ)
+
+
+def test_defaults_fill_worker_and_source(project) -> None:
+    config = load(project, MINIMAL)
+    source = config.source("menu")
+    assert (source.method, source.every, source.keep, source.stale_after) == ("GET", 300.0, 100, 900.0)
+    assert config.worker.feeds_dir == project.root / "feeds"
+    assert config.worker.database == f"sqlite:///{project.root / 'data' / 'signfeed.db'}"
+    assert (config.worker.script_timeout, config.worker.script_memory, config.worker.concurrency) == (10.0, 64, 8)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("1h30m", 5400), ("2d", 172800)])
+def test_every_accepts_durations(text: str, seconds: float) -> None:
+    assert config_mod.parse_duration(text, "x") == seconds
+
+
+def test_secrets_from_env_file_value_and_inline(project) -> None:
+    project.write("secrets/s", "from-file\n")
+    config = load(project, """
+[secrets]
+A = { env = "SF_A" }
+B = { file = "secrets/s" }
+C = { value = "inline-secret" }
+URL = "http://127.0.0.1:1"
+""" + MINIMAL.replace("http://127.0.0.1:1", "<URL>"), environ={"SF_A": "from-env"})
+    assert dict(config.secrets.values) == {"A": "from-env", "B": "from-file", "C": "inline-secret",
+                                           "URL": "http://127.0.0.1:1"}
+    assert config.secrets.secret == {"A", "B", "C"}
+    assert config.secrets.substitute("<URL>/x?<A>&<div>") == "http://127.0.0.1:1/x?from-env&<div>"
+
+
+def test_cron_schedule_sets_stale_default_from_its_period(project) -> None:
+    config = load(project, MINIMAL.replace('every = "5m"', 'cron = "*/10 * * * *"'))
+    assert (config.source("menu").cron, config.source("menu").stale_after) == ("*/10 * * * *", 1800.0)
+
+
+ERRORS = [
+    (MINIMAL + 'colour = "red"\n', """[sources] "menu": unknown key 'colour'"""),
+    ("[worker]\nthreads = 2\n" + MINIMAL, "[worker]: unknown key 'threads'"),
+    (MINIMAL + MINIMAL, '[[sources]] "menu": duplicate name'),
+    (MINIMAL + 'pre_request = "missing.js"\n', '[[sources]] "menu".pre_request:'),
+    (MINIMAL.replace("/menu", "/menu?key=<API_KEY>"), "uses undeclared placeholder <API_KEY>; declare it in [secrets]"),
+    (MINIMAL.replace('every = "5m"', 'every = "5 minutes"'), "is not a duration"),
+    (MINIMAL.replace('every = "5m"', 'cron = "61 * * * *"'), "is not a valid crontab line"),
+    (MINIMAL.replace('every = "5m"', ""), "give exactly one of every"),
+    (MINIMAL.replace('"menu"', '"Menu Board"'), "use only a-z, 0-9, _ and -"),
+    ("[worker]\ntimezone = \"Mars/Base\"\n" + MINIMAL, "unknown time zone 'Mars/Base'"),
+    ("[worker]\nconcurrency = 0\n" + MINIMAL, "[worker] concurrency: must be greater than 0"),
+    ("[secrets]\nK = { env = \"SF_NOPE\" }\n" + MINIMAL, "environment variable SF_NOPE is not set"),
+    ("[secrets]\nK = { file = \"nope\" }\n" + MINIMAL, "[secrets] K: cannot read"),
+    (MINIMAL + '[[feeds]]\noutput = "a.html"\ntemplate = "a.j2"\nsources = ["nope"]\n', "unknown source 'nope'"),
+    (MINIMAL + '[[feeds]]\noutput = "a.html"\ntemplate = "none.j2"\nsources = ["menu"]\n', "template 'none.j2' not found"),
+    (MINIMAL + '[[feeds]]\noutput = "../x.html"\ntemplate = "a.j2"\nsources = ["menu"]\n', "must be a plain file name"),
+    (MINIMAL + '[[feeds]]\noutput = "menu.json"\ntemplate = "board.html.j2"\nsources = ["menu"]\n', "clashes"),
+    ("[worker\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("toml", "message"), ERRORS)
+def test_config_mistakes_give_one_clear_line(project, toml: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(project, toml)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file; pass --config PATH"):
+        config_mod.load(tmp_path / "nope.toml")
+
+
+def test_bundled_config_loads() -> None:
+    config = config_mod.load(Path(__file__).parent.parent / "config.toml", environ={})
+    assert {"weather", "calendar", "menu", "news"} <= {s.name for s in config.sources}

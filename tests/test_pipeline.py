@@ -1,0 +1,162 @@
+"""run_source end to end: real local API, real SQLite file, real script helpers, real files on disk."""
+
+import json
+import logging
+import os
+import sqlite3
+
+import pytest
+
+from conftest import CLIENT_SECRET, Api, Project, seed_config
+from worker.pipeline import run_source
+
+MENU = {"title": "Lunch", "items": [{"name": "Soup"}, {"name": "Bread"}]}
+
+
+@pytest.fixture
+def setup(api: Api, project: Project, make_deps):
+    api.json("/menu", MENU)
+    config = project.config(seed_config(api))
+    return config, make_deps(config)
+
+
+def feed_json(project: Project) -> dict:
+    return json.loads(project.feed("menu.json").read_text())
+
+
+def db_rows(config, sql: str) -> list[tuple]:
+    return sqlite3.connect(config.worker.database.removeprefix("sqlite:///")).execute(sql).fetchall()
+
+
+def test_seed_script_token_reaches_request_and_feeds_are_written(api: Api, project: Project, setup) -> None:
+    config, deps = setup
+    result = run_source(config.source("menu"), config, deps)
+    assert (result.status, result.error) == ("ok", None)
+    token_call, data_call = api.seen
+    assert (token_call.method, token_call.path) == ("POST", "/token")
+    assert token_call.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert token_call.body.decode() == f"grant_type=client_credentials&client_id=client-1&client_secret={CLIENT_SECRET}"
+    assert (data_call.path, data_call.headers["authorization"]) == ("/menu?store=12", "Bearer tok-1-abcdef")
+    assert data_call.headers["accept"] == "application/json"
+    assert feed_json(project)["data"] == MENU
+    assert feed_json(project)["fetched_at"] == "2026-12-03T12:00:00+00:00"
+    html = project.feed("board.html").read_text()
+    assert "<h1>Lunch</h1><p>Soup</p><p>Bread</p>" in html
+    assert db_rows(config, "select source, http_status, data from snapshots") == [
+        ("menu", 200, json.dumps(MENU, sort_keys=True, separators=(",", ":")))]
+
+
+def test_unchanged_response_records_run_but_leaves_feeds_untouched(project: Project, setup, clock) -> None:
+    config, deps = setup
+    run_source(config.source("menu"), config, deps)
+    before = {p: os.stat(project.feed(p)).st_mtime_ns for p in ("menu.json", "board.html")}
+    clock.advance(300)
+    result = run_source(config.source("menu"), config, deps)
+    assert result.status == "unchanged"
+    assert {p: os.stat(project.feed(p)).st_mtime_ns for p in before} == before
+    assert db_rows(config, "select count(*) from snapshots") == [(1,)]
+    assert db_rows(config, "select status from runs order by id") == [("ok",), ("unchanged",)]
+
+
+@pytest.mark.parametrize(("break_api", "error"), [
+    (lambda api: api.raw("/menu", b"oops", status=500, content_type="text/plain"),
+     "menu: HTTP 500 from http://127.0.0.1:{port}/menu?store=12: oops"),
+    (lambda api: api.raw("/menu", b"<html>Maintenance</html>"),
+     "menu: response is not JSON (text/html; Expecting value at line 1): <html>Maintenance</html>"),
+    (lambda api: api.routes.update({"/menu": (200, {"Content-Type": "application/json"}, b'{"cut": ')}),
+     "menu: response is not JSON (application/json; Expecting value at line 1): {\"cut\":"),
+])
+def test_failed_pull_keeps_last_good_feed_and_reports_error(api: Api, project: Project, setup, clock,
+                                                            break_api, error: str) -> None:
+    config, deps = setup
+    run_source(config.source("menu"), config, deps)
+    html_before = project.feed("board.html").read_bytes()
+    break_api(api)
+    clock.advance(300)
+    result = run_source(config.source("menu"), config, deps)
+    expected = error.format(port=api.url.rsplit(":", 1)[1])
+    assert (result.status, result.error) == ("failed", expected)
+    assert project.feed("board.html").read_bytes() == html_before
+    doc = feed_json(project)
+    assert (doc["data"], doc["last_error"], doc["fetched_at"]) == (MENU, expected, "2026-12-03T12:00:00+00:00")
+    assert db_rows(config, "select count(*) from snapshots") == [(1,)]
+
+
+def test_connection_refused_fails_the_run_and_keeps_data(api: Api, project: Project, make_deps) -> None:
+    api.json("/menu", MENU)
+    config = project.config(seed_config(api))
+    deps = make_deps(config)
+    run_source(config.source("menu"), config, deps)
+    moved = project.config(seed_config(api).replace(f'url = "{api.url}/menu"', 'url = "http://127.0.0.1:9/menu"'))
+    result = run_source(moved.source("menu"), moved, deps)
+    assert result.error.startswith("menu: cannot connect to http://127.0.0.1:9: ")
+    assert feed_json(project)["data"] == MENU
+
+
+def test_recovery_after_failure_clears_last_error_even_when_data_unchanged(api: Api, project: Project, setup,
+                                                                          clock) -> None:
+    config, deps = setup
+    run_source(config.source("menu"), config, deps)
+    api.raw("/menu", b"down", status=503)
+    run_source(config.source("menu"), config, deps)
+    assert feed_json(project)["last_error"] is not None
+    api.json("/menu", MENU)
+    assert run_source(config.source("menu"), config, deps).status == "unchanged"
+    assert feed_json(project)["last_error"] is None
+
+
+def test_api_data_is_escaped_in_html_and_exact_in_json(api: Api, project: Project, setup) -> None:
+    config, deps = setup
+    evil = {"title": "<script>alert(1)</script>", "items": [{"name": "\"&'<b>"}]}
+    api.json("/menu", evil)
+    run_source(config.source("menu"), config, deps)
+    html = project.feed("board.html").read_text()
+    assert "<h1>&lt;script&gt;alert(1)&lt;/script&gt;</h1><p>&#34;&amp;&#39;&lt;b&gt;</p>" in html
+    assert "<script>" not in html
+    assert feed_json(project)["data"] == evil
+
+
+def test_select_keeps_only_the_named_part(api: Api, project: Project, make_deps) -> None:
+    api.json("/menu", {"meta": {"page": 1}, "value": [1, 2]})
+    config = project.config(seed_config(api, 'select = "value"'))
+    run_source(config.source("menu"), config, make_deps(config))
+    assert feed_json(project)["data"] == [1, 2]
+
+
+def test_script_error_names_source_file_and_line(api: Api, project: Project, make_deps) -> None:
+    project.write("jobs/broken.js", "const a = 1;\n\nnotAFunction();\n")
+    config = project.config(seed_config(api).replace("oauth_token.js", "broken.js"))
+    result = run_source(config.source("menu"), config, make_deps(config))
+    assert result.error == "menu: ReferenceError: notAFunction is not defined (jobs/broken.js:3)"
+    assert api.seen == []
+
+
+def test_wrong_client_secret_fails_before_the_data_request(api: Api, project: Project, make_deps) -> None:
+    api.json("/menu", MENU)
+    config = project.config(seed_config(api).replace(CLIENT_SECRET, "wrong-secret"))
+    result = run_source(config.source("menu"), config, make_deps(config))
+    assert result.status == "failed"
+    assert "401" in result.error and "invalid_client" in result.error
+    assert api.paths() == ["/token"]
+
+
+def test_secrets_and_tokens_never_reach_feeds_database_logs_or_test_output(api: Api, project: Project, setup,
+                                                                          caplog, capsys) -> None:
+    from worker.cli import print_test
+
+    config, deps = setup
+    project.write("jobs/oauth_token.js", (project.root / "jobs/oauth_token.js").read_text()
+                  + "\nconsole.log('token is', data.access_token, 'secret is <CLIENT_SECRET>');\n")
+    api.json("/menu", {"echo": "fine"})
+    caplog.set_level(logging.DEBUG)
+    run_source(config.source("menu"), config, deps)
+    print_test(run_source(config.source("menu"), config, deps, store=False))
+    api.raw("/menu", f"error for {CLIENT_SECRET}".encode(), status=500)
+    run_source(config.source("menu"), config, deps)
+    shown = capsys.readouterr().out + caplog.text
+    on_disk = "".join(p.read_text() for p in project.feed("").iterdir())
+    database = str(db_rows(config, "select * from runs")) + str(db_rows(config, "select * from snapshots"))
+    for text in (shown, on_disk, database):
+        assert CLIENT_SECRET not in text
+        assert not [t for t in ("tok-1-abcdef", "tok-2-abcdef", "tok-3-abcdef") if t in text]
+    assert "[log] token is [redacted] secret is [redacted]" in shown

@@ -1,0 +1,86 @@
+"""Rendering: autoescaping, JSON feeds that round-trip, helpers, atomic writes."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from worker.config import Feed
+from worker.errors import RenderError
+from worker.render import Renderer, SourceView, ago, json_feed, local_time, write_atomic
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+XSS = "<script>alert(1)</script>"
+
+
+def view(data, **kw) -> SourceView:
+    base = {"name": "menu", "data": data, "fetched_at": NOW, "stale": False, "last_error": None, "updated_ago": "x"}
+    return SourceView(**{**base, **kw})
+
+
+def renderer(tmp_path: Path, name: str, text: str, tz: str = "UTC") -> Renderer:
+    (tmp_path / name).write_text(text)
+    return Renderer(tmp_path, tz)
+
+
+def test_html_j2_template_escapes_api_data(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "<p>{{ menu.data.title }}</p>")
+    out = r.render(Feed("board.html", "t.html.j2", ("menu",)), {"menu": view({"title": XSS})}, NOW)
+    assert out == "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"
+
+
+def test_json_output_template_is_not_html_escaped(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.json.j2", '{"t": {{ menu.data.title | tojson }}}')
+    out = r.render(Feed("x.json", "t.json.j2", ("menu",)), {"menu": view({"title": "a & b"})}, NOW)
+    assert json.loads(out) == {"t": "a & b"}
+
+
+def test_sources_mapping_reaches_names_with_dashes(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{{ sources['lobby-news'].data.n }}")
+    assert r.render(Feed("a.html", "t.html.j2", ("lobby-news",)), {"lobby-news": view({"n": 3})}, NOW) == "3"
+
+
+def test_json_feed_round_trips_data_exactly() -> None:
+    data = {"title": XSS, "emoji": "🌵", "n": [1, 2.5, None, True]}
+    doc = json.loads(json_feed(view(data, last_error="menu: HTTP 500"), NOW))
+    assert doc == {"source": "menu", "fetched_at": "2026-12-03T12:00:00+00:00",
+                   "generated_at": "2026-12-03T12:00:00+00:00", "stale": False,
+                   "last_error": "menu: HTTP 500", "data": data}
+
+
+@pytest.mark.parametrize(("delta", "text"), [(10, "just now"), (60, "1 minute ago"), (300, "5 minutes ago"),
+                                             (7200, "2 hours ago"), (86400 * 3, "3 days ago")])
+def test_ago_reads_like_a_person(delta: int, text: str) -> None:
+    assert ago(NOW - timedelta(seconds=delta), NOW) == text
+
+
+def test_local_time_converts_aware_values_and_leaves_naive_strings_as_written() -> None:
+    from zoneinfo import ZoneInfo
+
+    ny = ZoneInfo("America/New_York")
+    assert local_time(NOW, "%H:%M", ny) == "07:00"
+    assert local_time("2026-12-03T12:00:00Z", "%H:%M", ny) == "07:00"
+    assert local_time("2026-12-03T12:00:00", "%H:%M", ny) == "12:00"
+    assert local_time("not a time", "%H:%M", ny) == "not a time"
+
+
+def test_template_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "bad.html.j2", "ok\n{% for x in %}\n")
+    with pytest.raises(RenderError, match=r"bad.html.j2:2: "):
+        r.check("bad.html.j2")
+
+
+def test_template_runtime_error_names_template_and_line(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "a\nb\n{{ 1 // 0 }}\n")
+    with pytest.raises(RenderError, match=r"t.html.j2:3: ZeroDivisionError"):
+        r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view(None)}, NOW)
+
+
+def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "feeds" / "a.html"
+    write_atomic(target, "one")
+    write_atomic(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["a.html"]
+    assert oct(target.stat().st_mode & 0o777) == "0o644"

@@ -1,0 +1,218 @@
+"""The `signfeed` command: a thin argparse layer over config, pipeline and scheduler."""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from worker import config as config_mod
+from worker.config import Config
+from worker.errors import WorkerError
+from worker.fetch import preview
+from worker.pipeline import Deps, RunResult, open_deps, render_all, run_source
+from worker.render import ago
+
+log = logging.getLogger("signfeed")
+PREVIEW_BODY = 1500
+
+EXAMPLES = {
+    "run": "signfeed run --config /etc/signfeed/config.toml",
+    "test": "signfeed test menu",
+    "pull": "signfeed pull menu weather --force",
+    "render": "signfeed render",
+    "check": "signfeed check --config config.toml",
+    "history": "signfeed history menu --limit 10",
+    "status": "signfeed status",
+    "demo": "signfeed demo",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signfeed", description="Pull API data on a schedule into signage feeds.")
+    parser.add_argument("--config", default="config.toml", help="path to config.toml (default: ./config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "run": "run the daemon: every source on its schedule until SIGTERM",
+        "test": "one pull of SOURCE without storing: request, response, script output",
+        "pull": "pull now (all sources or the ones named), store and render",
+        "render": "re-render every feed from stored snapshots (after a template edit)",
+        "check": "validate config.toml, pre-request scripts and templates",
+        "history": "recent runs and snapshots of SOURCE",
+        "status": "one line per source: last success, last error, failures",
+        "demo": "start the bundled demo API on 127.0.0.1:8787 and run the daemon on config.toml",
+    }
+    commands = {}
+    for name, text in helps.items():
+        commands[name] = sub.add_parser(name, help=text, description=text, epilog=f"example: {EXAMPLES[name]}")
+        commands[name].add_argument("--config", default=argparse.SUPPRESS, help="path to config.toml")
+    commands["test"].add_argument("source")
+    commands["pull"].add_argument("sources", nargs="*", metavar="SOURCE")
+    commands["pull"].add_argument("--force", action="store_true", help="re-render even when the data is unchanged")
+    commands["history"].add_argument("source")
+    commands["history"].add_argument("--limit", type=int, default=10)
+    commands["demo"].add_argument("--port", type=int, default=8787)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; WorkerErrors become one line on stderr and exit status 1."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except WorkerError as exc:
+        print(f"signfeed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _with_deps(args: argparse.Namespace, body: Callable[[Config, Deps], int]) -> int:
+    config = config_mod.load(args.config)
+    deps = open_deps(config)
+    try:
+        return body(config, deps)
+    finally:
+        deps.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.scheduler import Daemon
+
+    return Daemon(args.config).run()
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    def body(config: Config, deps: Deps) -> int:
+        result = run_source(config.source(args.source), config, deps, store=False)
+        print_test(result)
+        return 0 if result.ok else 1
+
+    return _with_deps(args, body)
+
+
+def print_test(result: RunResult) -> None:
+    """What the "Run Test" button shows: request as sent (masked), script console, response."""
+    if result.request:
+        req = result.request
+        params = "&".join(f"{k}={v}" for k, v in req.get("params", {}).items())
+        print(f"{req['method']} {req['url']}{'?' + params if params else ''}")
+        for name, value in req["headers"].items():
+            print(f"  {name}: {value}")
+        if req.get("body"):
+            print(f"  body: {preview(req['body'])}")
+    if result.console:
+        print("script console:")
+        for level, line in result.console:
+            print(f"  [{level}] {line}")
+    if result.response:
+        resp = result.response
+        print(f"HTTP {resp.status} in {resp.elapsed_ms:.0f} ms, {len(resp.body):,} bytes")
+        for name, value in resp.headers.items():
+            print(f"  {name}: {value}")
+        text = json.dumps(result.data, ensure_ascii=False, indent=1) if result.ok else resp.text
+        print(text[:PREVIEW_BODY] + ("\n…" if len(text) > PREVIEW_BODY else ""))
+    print(f"ok in {result.duration_ms:.0f} ms" if result.ok else f"FAILED: {result.error}")
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    def body(config: Config, deps: Deps) -> int:
+        sources = [config.source(n) for n in args.sources] if args.sources else list(config.sources)
+        failed = 0
+        for source in sources:
+            result = run_source(source, config, deps, force=args.force)
+            line = result.error if not result.ok else f"{source.name}: {result.status} ({result.duration_ms:.0f} ms)"
+            print(line)
+            for problem in result.render_errors:
+                print(problem)
+            failed += (not result.ok) or bool(result.render_errors)
+        return 1 if failed else 0
+
+    return _with_deps(args, body)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    def body(config: Config, deps: Deps) -> int:
+        result = render_all(config, deps)
+        for path in result.written:
+            print(f"wrote {path}")
+        for problem in result.render_errors:
+            print(problem, file=sys.stderr)
+        return 1 if result.render_errors else 0
+
+    return _with_deps(args, body)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from worker.check import check_all
+
+    config = config_mod.load(args.config)
+    problems, warnings = check_all(config)
+    for line in warnings:
+        print(f"warning: {line}")
+    for line in problems:
+        print(f"error: {line}")
+    if not problems:
+        print(f"{args.config}: ok ({len(config.sources)} sources, {len(config.feeds)} feeds)")
+    return 1 if problems else 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    def body(config: Config, deps: Deps) -> int:
+        name = config.source(args.source).name
+        print(f"runs of {name} (newest first):")
+        for run in deps.store.runs(name, args.limit):
+            print(f"  {run.started_at[:19]}  {run.status:<9} {run.duration_ms:>8.0f} ms  {run.error or ''}")
+        print("snapshots:")
+        for snap in deps.store.snapshots(name, args.limit):
+            print(f"  {snap.fetched_at[:19]}  HTTP {snap.http_status}  {snap.data:>8} bytes  {snap.content_hash[:12]}")
+        return 0
+
+    return _with_deps(args, body)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    def body(config: Config, deps: Deps) -> int:
+        now = deps.clock()
+        for source in config.sources:
+            state = deps.store.state(source.name)
+            success = (f"{state.last_success_at:%Y-%m-%d %H:%M:%S} ({ago(state.last_success_at, now)})"
+                       if state.last_success_at else "never")
+            error = f", {state.consecutive_failures} failing: {state.last_error}" if state.last_error else ""
+            print(f"{source.name}: last success {success}{error}")
+        return 0
+
+    return _with_deps(args, body)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import DemoAPI
+    from worker.scheduler import Daemon
+
+    api = DemoAPI()
+    _server, base_url = api.start(port=args.port)
+    daemon = Daemon(args.config)
+    feeds = daemon.config.worker.feeds_dir
+    print(f"demo API on {base_url}; feeds in {feeds}/ (open {Path(feeds) / 'lobby.html'}); Ctrl-C stops both")
+    try:
+        return daemon.run()
+    finally:
+        api.stop()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "test": cmd_test,
+    "pull": cmd_pull,
+    "render": cmd_render,
+    "check": cmd_check,
+    "history": cmd_history,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}

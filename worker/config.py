@@ -1,0 +1,438 @@
+"""config.toml → one frozen Config, validated in one place with errors that name the table, key and fix."""
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+
+from worker.errors import ConfigError
+from worker.secrets import Secrets
+
+# Every default in one table; the README's config reference mirrors it.
+WORKER_DEFAULTS: dict[str, Any] = {
+    "database": "sqlite:///data/signfeed.db",
+    "feeds_dir": "feeds",
+    "jobs_dir": "jobs",
+    "templates_dir": "templates",
+    "timezone": "UTC",
+    "concurrency": 8,
+    "script_timeout": 10.0,  # seconds of wall clock for a pre-request script
+    "script_memory": 64,  # MB a pre-request script may allocate
+    "timeout": 60.0,  # total seconds one run may take, script included
+    "retries": 2,  # extra attempts on connection errors and 502/503/504
+    "max_bytes": 10_000_000,  # a larger response body fails the run unread
+}
+SOURCE_DEFAULTS: dict[str, Any] = {
+    "method": "GET",
+    "every": None,
+    "cron": None,
+    "jitter": 0,
+    "headers": {},
+    "params": {},
+    "body": None,
+    "pre_request": None,
+    "select": None,
+    "keep": 100,
+    "stale_after": None,  # seconds; None → 3 × the schedule's period
+    "timeout": None,  # None → [worker] timeout
+    "script_timeout": None,
+    "script_memory": None,
+    "retries": None,
+    "max_bytes": None,
+}
+SOURCE_REQUIRED = ("name", "url")
+FEED_KEYS = ("output", "template", "sources")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+NAME_RE = re.compile(r"^[a-z0-9_-]+$")
+DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+OUTPUT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The [worker] table, with paths made absolute against the config file's folder."""
+
+    database: str
+    feeds_dir: Path
+    jobs_dir: Path
+    templates_dir: Path
+    timezone: str
+    concurrency: int
+    script_timeout: float
+    script_memory: int
+    timeout: float
+    retries: int
+    max_bytes: int
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One [[sources]] entry; placeholders are kept as written and substituted per run."""
+
+    name: str
+    url: str
+    method: str = "GET"
+    every: float | None = None  # seconds
+    cron: str | None = None
+    jitter: float = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: str | None = None
+    pre_request: str | None = None  # file name inside jobs_dir
+    select: str | None = None
+    keep: int = 100
+    stale_after: float = 900.0
+    timeout: float = 60.0
+    script_timeout: float = 10.0
+    script_memory: int = 64
+    retries: int = 2
+    max_bytes: int = 10_000_000
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One [[feeds]] entry: a template rendered from one or more sources into feeds_dir/output."""
+
+    output: str
+    template: str
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything config.toml says, resolved and checked."""
+
+    path: Path
+    worker: WorkerSettings
+    secrets: Secrets
+    sources: tuple[Source, ...]
+    feeds: tuple[Feed, ...]
+
+    def source(self, name: str) -> Source:
+        """The source called name, or a ConfigError listing the known ones."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"no source named {name!r} in {self.path} (sources: {known})")
+
+    def script_path(self, source: Source) -> Path | None:
+        return self.worker.jobs_dir / source.pre_request if source.pre_request else None
+
+    def feeds_for(self, name: str) -> tuple[Feed, ...]:
+        return tuple(f for f in self.feeds if name in f.sources)
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, resolve and validate config.toml; the only place signfeed reads the environment."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass --config PATH or create it") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, path, os.environ if environ is None else environ)
+
+
+def parse(raw: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> Config:
+    """Build a Config from parsed TOML (path anchors relative paths and names the file in errors)."""
+    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds", "auth"), f"{path.name}: top level")
+    base = path.parent
+    worker = _worker(raw.get("worker", {}), base)
+    secrets = _secrets(raw.get("secrets", {}), base, environ)
+    sources = tuple(_source(i, s, worker) for i, s in enumerate(_table_list(raw, "sources")))
+    feeds = tuple(_feed(i, f) for i, f in enumerate(_table_list(raw, "feeds")))
+    config = Config(path, worker, secrets, sources, feeds)
+    _check_cross_references(config)
+    return config
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+
+
+def _table_list(raw: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    items = raw.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ConfigError(f"[[{key}]] must be an array of tables: write each entry under its own [[{key}]]")
+    return items
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, hint: str) -> Any:
+    # bool is an int in Python; `concurrency = true` must not pass as 1.
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: expected {hint}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected {hint}, got {value!r}")
+    return value
+
+
+def _worker(table: Mapping[str, Any], base: Path) -> WorkerSettings:
+    _reject_unknown(table, tuple(WORKER_DEFAULTS), "[worker]")
+    merged = {**WORKER_DEFAULTS, **table}
+    tz = _expect(merged["timezone"], str, "[worker] timezone", 'an IANA name such as "Europe/Berlin"')
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f'[worker] timezone: unknown time zone {tz!r}; use an IANA name like "UTC"') from None
+    return WorkerSettings(
+        database=_database_url(_expect(merged["database"], str, "[worker] database", "a string"), base),
+        feeds_dir=base / _expect(merged["feeds_dir"], str, "[worker] feeds_dir", "a folder path"),
+        jobs_dir=base / _expect(merged["jobs_dir"], str, "[worker] jobs_dir", "a folder path"),
+        templates_dir=base / _expect(merged["templates_dir"], str, "[worker] templates_dir", "a folder path"),
+        timezone=tz,
+        concurrency=_positive(merged["concurrency"], "[worker] concurrency", int),
+        script_timeout=_positive(merged["script_timeout"], "[worker] script_timeout", float),
+        script_memory=_positive(merged["script_memory"], "[worker] script_memory", int),
+        timeout=_positive(merged["timeout"], "[worker] timeout", float),
+        retries=_non_negative_int(merged["retries"], "[worker] retries"),
+        max_bytes=_positive(merged["max_bytes"], "[worker] max_bytes", int),
+    )
+
+
+def _positive(value: Any, where: str, kind: type) -> Any:
+    allowed = (int, float) if kind is float else (int,)
+    _expect(value, allowed, where, f"a positive {'number' if kind is float else 'whole number'}")
+    if value <= 0:
+        raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+    return kind(value)
+
+
+def _non_negative_int(value: Any, where: str) -> int:
+    _expect(value, int, where, "a whole number ≥ 0")
+    if value < 0:
+        raise ConfigError(f"{where}: must be 0 or more, got {value!r}")
+    return int(value)
+
+
+def _database_url(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigError(f'[worker] database: only SQLite is supported, e.g. "{WORKER_DEFAULTS["database"]}"')
+    file = url[len(prefix) :]
+    if file in ("", ":memory:"):
+        raise ConfigError("[worker] database: needs a file path; an in-memory database loses every snapshot")
+    return prefix + str((base / file).resolve())
+
+
+def _secrets(table: Mapping[str, Any], base: Path, environ: Mapping[str, str]) -> Secrets:
+    values: dict[str, str] = {}
+    secret: set[str] = set()
+    for name, spec in table.items():
+        where = f"[secrets] {name}"
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ConfigError(f"{where}: names are letters, digits and _ so they can be written <{name}>")
+        if isinstance(spec, str):
+            values[name] = spec  # inline values are for placeholders that are not secret (URLs, ids)
+            continue
+        _expect(spec, dict, where, '"value", { env = "VAR" }, { file = "path" } or { value = "..." }')
+        values[name] = _secret_value(spec, where, base, environ)
+        secret.add(name)
+    return Secrets(values, frozenset(secret))
+
+
+def _secret_value(spec: Mapping[str, Any], where: str, base: Path, environ: Mapping[str, str]) -> str:
+    if len(spec) != 1 or next(iter(spec)) not in ("env", "file", "value"):
+        raise ConfigError(f'{where}: write exactly one of {{ env = "VAR" }}, {{ file = "path" }}, {{ value = "..." }}')
+    kind, arg = next(iter(spec.items()))
+    _expect(arg, str, f"{where}.{kind}", "a string")
+    if kind == "value":
+        return str(arg)
+    if kind == "env":
+        if arg not in environ:
+            raise ConfigError(f"{where}: environment variable {arg} is not set; set it (systemd: EnvironmentFile=)")
+        return environ[arg]
+    file = base / arg
+    try:
+        # One trailing newline is what editors and `echo` add; it is never part of a secret.
+        return file.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {file}: {exc.strerror}; create it (chmod 600)") from None
+
+
+def parse_duration(text: str, where: str) -> float:
+    """'30s', '5m', '1h', '1h30m' → seconds."""
+    match = DURATION_RE.match(text.strip()) if isinstance(text, str) else None
+    if not match or not any(match.groups()):
+        raise ConfigError(f'{where}: {text!r} is not a duration; write e.g. "30s", "5m", "1h" or "1h30m"')
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if total < 1:
+        raise ConfigError(f"{where}: must be at least 1s")
+    return float(total)
+
+
+def _schedule(table: Mapping[str, Any], where: str, tz: ZoneInfo) -> tuple[float | None, str | None, float]:
+    """(every seconds, cron expression, period seconds used for the stale default)."""
+    every, cron = table.get("every"), table.get("cron")
+    if (every is None) == (cron is None):
+        raise ConfigError(f'{where}: give exactly one of every = "5m" or cron = "*/5 * * * *"')
+    if every is not None:
+        seconds = parse_duration(every, f"{where}.every")
+        return seconds, None, seconds
+    _expect(cron, str, f"{where}.cron", 'a crontab line like "*/5 7-22 * * 1-5"')
+    try:
+        trigger = CronTrigger.from_crontab(cron, timezone=tz)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.cron: {cron!r} is not a valid crontab line ({exc})") from None
+    return None, cron, _cron_period(trigger, tz)
+
+
+def _cron_period(trigger: CronTrigger, tz: ZoneInfo) -> float:
+    first = trigger.get_next_fire_time(None, datetime.now(tz))
+    second = trigger.get_next_fire_time(first, first) if first else None
+    if first is None or second is None:
+        return 86400.0
+    return max((second - first).total_seconds(), 1.0)
+
+
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    _expect(value, dict, where, '{ Name = "value" }')
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise ConfigError(f"{where}.{key}: expected a string or number, got {item!r}")
+        out[str(key)] = str(item)
+    return out
+
+
+def _source(index: int, table: Mapping[str, Any], worker: WorkerSettings) -> Source:
+    name = table.get("name")
+    where = f"[[sources]] #{index + 1}" if not isinstance(name, str) else f'[[sources]] "{name}"'
+    _reject_unknown(table, (*SOURCE_REQUIRED, *SOURCE_DEFAULTS, "auth"), where)
+    for key in SOURCE_REQUIRED:
+        if key not in table:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    if not NAME_RE.match(_expect(name, str, f"{where}.name", "a string")):
+        raise ConfigError(f"{where}.name: use only a-z, 0-9, _ and - (it names files and template variables)")
+    merged = {**SOURCE_DEFAULTS, **table}
+    every, cron, period = _schedule(table, where, worker.tz)
+    method = _expect(merged["method"], str, f"{where}.method", "an HTTP method").upper()
+    if method not in METHODS:
+        raise ConfigError(f"{where}.method: {method!r} is not one of {', '.join(METHODS)}")
+    return Source(
+        name=name,
+        url=_expect(merged["url"], str, f"{where}.url", "a URL string"),
+        method=method,
+        every=every,
+        cron=cron,
+        jitter=_non_negative_number(merged["jitter"], f"{where}.jitter"),
+        headers=_string_map(merged["headers"], f"{where}.headers"),
+        params=_string_map(merged["params"], f"{where}.params"),
+        body=_body(merged["body"], f"{where}.body"),
+        pre_request=_optional_str(merged["pre_request"], f"{where}.pre_request"),
+        select=_optional_str(merged["select"], f"{where}.select") or None,
+        keep=_positive(merged["keep"], f"{where}.keep", int),
+        stale_after=_stale_after(merged["stale_after"], where, period),
+        timeout=_inherit(merged, "timeout", where, worker, float),
+        script_timeout=_inherit(merged, "script_timeout", where, worker, float),
+        script_memory=_inherit(merged, "script_memory", where, worker, int),
+        retries=_non_negative_int(merged["retries"] if merged["retries"] is not None else worker.retries,
+                                  f"{where}.retries"),
+        max_bytes=_inherit(merged, "max_bytes", where, worker, int),
+    )
+
+
+def _inherit(merged: Mapping[str, Any], key: str, where: str, worker: WorkerSettings, kind: type) -> Any:
+    value = merged[key]
+    return getattr(worker, key) if value is None else _positive(value, f"{where}.{key}", kind)
+
+
+def _non_negative_number(value: Any, where: str) -> float:
+    _expect(value, (int, float), where, "a number of seconds ≥ 0")
+    if value < 0:
+        raise ConfigError(f"{where}: must be 0 or more")
+    return float(value)
+
+
+def _stale_after(value: Any, where: str, period: float) -> float:
+    if value is None:
+        return 3 * period
+    if isinstance(value, str):
+        return parse_duration(value, f"{where}.stale_after")
+    return _positive(value, f"{where}.stale_after", float)
+
+
+def _optional_str(value: Any, where: str) -> str | None:
+    return None if value is None else _expect(value, str, where, "a string")
+
+
+def _body(value: Any, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return json.dumps(value)  # a TOML table is sent as JSON
+    raise ConfigError(f"{where}: expected a string or a table, got {value!r}")
+
+
+def _feed(index: int, table: Mapping[str, Any]) -> Feed:
+    where = f"[[feeds]] #{index + 1}"
+    _reject_unknown(table, FEED_KEYS, where)
+    for key in FEED_KEYS:
+        if key not in table:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    output = _expect(table["output"], str, f"{where}.output", 'a file name like "lobby.html"')
+    if not OUTPUT_RE.match(output) or output.startswith("."):
+        raise ConfigError(f"{where}.output: {output!r} must be a plain file name inside feeds_dir")
+    sources = table["sources"]
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+        raise ConfigError(f'{where}.sources: expected a list of source names, e.g. ["menu", "weather"]')
+    template = _expect(table["template"], str, f"{where}.template", "a template file name")
+    return Feed(output=output, template=template, sources=tuple(sources))
+
+
+def _check_cross_references(config: Config) -> None:
+    names = [s.name for s in config.sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f'[[sources]] "{name}": duplicate name; every source needs its own')
+    _check_outputs(config)
+    for source in config.sources:
+        _check_source_files(config, source)
+    for feed in config.feeds:
+        for name in feed.sources:
+            if name not in names:
+                raise ConfigError(f'[[feeds]] "{feed.output}": unknown source {name!r} (sources: {", ".join(names)})')
+        if not (config.worker.templates_dir / feed.template).is_file():
+            raise ConfigError(
+                f'[[feeds]] "{feed.output}": template {feed.template!r} not found in {config.worker.templates_dir}'
+            )
+
+
+def _check_outputs(config: Config) -> None:
+    taken = {f"{s.name}.json": f"source {s.name}'s JSON feed" for s in config.sources}
+    for feed in config.feeds:
+        if feed.output in taken:
+            raise ConfigError(f'[[feeds]] "{feed.output}": output clashes with {taken[feed.output]}; rename it')
+        taken[feed.output] = "another [[feeds]] entry"
+
+
+def _check_source_files(config: Config, source: Source) -> None:
+    where = f'[[sources]] "{source.name}"'
+    texts = [source.url, *source.headers.values(), *source.params.values(), source.body or ""]
+    script = config.script_path(source)
+    if script is not None:
+        if not script.is_file():
+            raise ConfigError(f"{where}.pre_request: {script} not found; put the script in {config.worker.jobs_dir}")
+        texts.append(script.read_text(encoding="utf-8"))
+    missing = sorted({n for t in texts for n in config.secrets.undeclared(t)})
+    if missing:
+        raise ConfigError(
+            f"{where}: uses undeclared placeholder <{missing[0]}>; declare it in [secrets], "
+            f'e.g. {missing[0]} = {{ env = "{missing[0]}" }}'
+        )

@@ -1,0 +1,274 @@
+"""run_source: the one function that orders the stages of a pull (script → request → store → render)."""
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from worker import fetch
+from worker.clock import Clock, utcnow
+from worker.config import Config, Feed, Source
+from worker.errors import ScriptError, WorkerError
+from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
+from worker.script import HostCall, ScriptJob, ScriptOutcome
+from worker.secrets import redact
+from worker.store import FAILED, OK, UNCHANGED, Run, Snapshot, Store, encode_data, iso
+
+log = logging.getLogger(__name__)
+
+# Header names whose values are credentials whatever the config calls them.
+SENSITIVE_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token")
+# JSON keys in responses to a script's own requests (token endpoints) whose values must be masked from then on.
+TOKEN_KEYS = ("access_token", "id_token", "refresh_token", "token")
+
+
+class Scripts(Protocol):
+    """What the pipeline needs of a script runner (worker.script.ScriptRunner in production)."""
+
+    def run(self, job: ScriptJob, host_call: HostCall) -> ScriptOutcome: ...
+    def check(self, code: str, path: str) -> None: ...
+
+
+@dataclass
+class Deps:
+    """Everything with an effect, passed in so tests can swap each part."""
+
+    store: Store
+    client: httpx.Client
+    scripts: Scripts
+    renderer: Renderer
+    clock: Clock = utcnow
+
+    def close(self) -> None:
+        self.client.close()
+        close = getattr(self.scripts, "close", None)
+        if close is not None:
+            close()
+        self.store.close()
+
+
+def open_deps(config: Config) -> Deps:
+    """Production parts for a config: the database, one shared httpx client, the script helpers, Jinja."""
+    from worker.script import ScriptRunner
+
+    return Deps(
+        store=Store(config.worker.database),
+        client=fetch.new_client(),
+        scripts=ScriptRunner(size=config.worker.concurrency),
+        renderer=Renderer(config.worker.templates_dir, config.worker.timezone),
+    )
+
+
+@dataclass
+class RunResult:
+    """What one pull did, for the CLI (`test`, `pull`) and the tests; every text in it is redacted."""
+
+    source: str
+    status: str  # ok | unchanged | failed
+    started_at: datetime
+    duration_ms: float = 0.0
+    error: str | None = None
+    request: dict[str, Any] | None = None  # as sent, credentials masked
+    response: fetch.Response | None = None
+    data: Any = None
+    console: list[tuple[str, str]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    render_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED
+
+
+@dataclass
+class _Masks:
+    """Values to mask in this run: the config's secrets plus tokens the run itself obtained."""
+
+    values: set[str]
+
+    def add_tokens(self, text: str) -> None:
+        try:
+            doc = json.loads(text.lstrip("\ufeff"))
+        except ValueError:
+            return
+        if isinstance(doc, dict):
+            self.values.update(str(doc[k]) for k in TOKEN_KEYS if isinstance(doc.get(k), str))
+
+    def add_headers(self, headers: dict[str, str]) -> None:
+        for name, value in headers.items():
+            if name.lower() in SENSITIVE_HEADERS:
+                self.values.add(value)
+                # "Bearer abc" → also mask "abc" alone, which is how a token shows up in other messages.
+                self.values.add(value.partition(" ")[2] or value)
+
+    def __call__(self, text: str) -> str:
+        return redact(text, sorted(self.values, key=len, reverse=True))
+
+
+def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True, force: bool = False) -> RunResult:
+    """Pull one source: run its script, send the request, store a new snapshot, re-render its feeds.
+
+    store=False is `signfeed test`: the same steps, nothing written. force re-renders unchanged data.
+    """
+    started = deps.clock()
+    clock_start = time.perf_counter()
+    masks = _Masks(set(config.secrets.secret_values()))
+    result = RunResult(source.name, FAILED, started)
+    try:
+        request = _prepare(source, config, deps, masks, result)
+        result.response = fetch.send(deps.client, fetch.build(request), timeout=source.timeout,
+                                     max_bytes=source.max_bytes)
+        result.data = fetch.select(fetch.decode_json(result.response), source.select)
+        result.status = OK
+    except WorkerError as exc:
+        result.error = masks(_prefixed(source.name, str(exc)))
+        result.console = [(level, masks(line)) for level, line in getattr(exc, "console", result.console)]
+    result.duration_ms = (time.perf_counter() - clock_start) * 1000
+    if store:
+        _store_and_publish(source, config, deps, result, force)
+    _log(result)
+    return result
+
+
+def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: RunResult) -> dict[str, Any]:
+    """The request to send: the config's, then whatever the pre-request script changed."""
+    request = fetch.initial_request(source, config.secrets)
+    script_path = config.script_path(source)
+    if script_path is not None:
+        shown = _shown_path(script_path, config)
+        try:
+            code = config.secrets.substitute(script_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ScriptError(f"cannot read pre-request script {shown}: {exc.strerror}") from None
+        job = ScriptJob(source.name, shown, code, request, timeout=source.script_timeout,
+                        memory_mb=source.script_memory)
+        outcome = deps.scripts.run(job, _host_call(source, deps, masks))
+        result.console = [(level, masks(line)) for level, line in outcome.console]
+        request = outcome.request
+    masks.add_headers(request["headers"])
+    result.request = _masked_request(request, masks)
+    return request
+
+
+def _host_call(source: Source, deps: Deps, masks: _Masks) -> HostCall:
+    """The worker side of a script's os.* calls: requests go out through the shared httpx client."""
+
+    def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "http":
+            answer = fetch.host_http(deps.client, args, timeout=source.timeout, max_bytes=source.max_bytes)
+            masks.add_tokens(answer["text"])
+            return answer
+        raise ScriptError(f"os.{op} is not available (no [auth] block configured)")
+
+    return call
+
+
+def _masked_request(request: dict[str, Any], masks: _Masks) -> dict[str, Any]:
+    headers = {k: ("[redacted]" if k.lower() in SENSITIVE_HEADERS and v else masks(v))
+               for k, v in request["headers"].items()}
+    shown = {**request, "headers": headers, "url": masks(request["url"])}
+    shown["params"] = {k: masks(v) for k, v in request.get("params", {}).items()}
+    if isinstance(request.get("body"), str):
+        shown["body"] = masks(request["body"])
+    return shown
+
+
+def _shown_path(path: Path, config: Config) -> str:
+    """The script path as the operator knows it: relative to the config file's folder when inside it."""
+    try:
+        return str(path.relative_to(config.path.parent))
+    except ValueError:
+        return str(path)
+
+
+def _prefixed(name: str, message: str) -> str:
+    return message if message.startswith(f"{name}: ") else f"{name}: {message}"
+
+
+def _store_and_publish(source: Source, config: Config, deps: Deps, result: RunResult, force: bool) -> None:
+    """Record the run (with a snapshot when the data changed) and rewrite the feeds that changed."""
+    previous_failed = deps.store.last_status(source.name) == FAILED
+    finished = iso(deps.clock())
+    run = Run(source=source.name, started_at=iso(result.started_at), finished_at=finished,
+              status=result.status, duration_ms=round(result.duration_ms, 3), error=result.error)
+    snapshot = None
+    if result.ok:
+        body, digest = encode_data(result.data)
+        if digest == deps.store.latest_hash(source.name):
+            run.status = result.status = UNCHANGED
+        else:
+            snapshot = Snapshot(source=source.name, fetched_at=iso(result.started_at),
+                                http_status=result.response.status if result.response else 0,
+                                content_hash=digest, data=body)
+    deps.store.record(run, snapshot, keep=source.keep)
+    if result.status == FAILED:
+        # The last good HTML stays byte-identical; only the JSON feed learns about the error.
+        publish(config, deps, [source.name], templates=False, result=result)
+    elif snapshot is not None or force or previous_failed:
+        publish(config, deps, [source.name], templates=True, result=result)
+
+
+def source_view(config: Config, store: Store, name: str, now: datetime) -> SourceView:
+    """A source's latest snapshot and state, as templates and the JSON feed show it."""
+    snapshot = store.latest_snapshot(name)
+    state = store.state(name)
+    last_success = state.last_success_at
+    stale = last_success is None or (now - last_success).total_seconds() > config.source(name).stale_after
+    fetched_at = snapshot.fetched_at if snapshot else None
+    return SourceView(name=name, data=snapshot.data if snapshot else None, fetched_at=fetched_at,
+                      stale=stale, last_error=state.last_error, updated_ago=ago(fetched_at, now))
+
+
+def publish(config: Config, deps: Deps, names: Iterable[str], *, templates: bool = True,
+            result: RunResult | None = None) -> list[Path]:
+    """Write the JSON feeds of these sources and, with templates, every [[feeds]] file that uses them."""
+    now = deps.clock()
+    names = list(names)
+    views = {name: source_view(config, deps.store, name, now) for name in names}
+    written: list[Path] = []
+    for name, view in views.items():
+        path = config.worker.feeds_dir / f"{name}.json"
+        write_atomic(path, json_feed(view, now))
+        written.append(path)
+    feeds: list[Feed] = [f for f in config.feeds if templates and set(f.sources) & set(names)]
+    for feed in feeds:
+        for name in feed.sources:
+            views.setdefault(name, source_view(config, deps.store, name, now))
+        try:
+            text = deps.renderer.render(feed, {n: views[n] for n in feed.sources}, now)
+        except WorkerError as exc:
+            message = f"feed {feed.output}: {exc}; the previous file stays"
+            log.error("%s", message)
+            if result is not None:
+                result.render_errors.append(message)
+            continue
+        path = config.worker.feeds_dir / feed.output
+        write_atomic(path, text)
+        written.append(path)
+    if result is not None:
+        result.written.extend(written)
+    return written
+
+
+def render_all(config: Config, deps: Deps) -> RunResult:
+    """Re-render every feed from stored snapshots (after a template edit)."""
+    result = RunResult("*", OK, deps.clock())
+    publish(config, deps, [s.name for s in config.sources], result=result)
+    return result
+
+
+def _log(result: RunResult) -> None:
+    for level, line in result.console:
+        log.info("%s: [console.%s] %s", result.source, level, line)
+    if result.status == FAILED:
+        log.error("%s", result.error)
+        return
+    status = result.response.status if result.response else 0
+    size = len(result.response.body) if result.response else 0
+    log.info("%s: %s (HTTP %s, %d bytes, %.0f ms)", result.source, result.status, status, size, result.duration_ms)

@@ -1,0 +1,143 @@
+"""Feeds: the per-source JSON feed and Jinja templates, rendered from values and written atomically."""
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from worker.config import Feed
+from worker.errors import RenderError
+
+# Outputs that are not markup: HTML-escaping them would corrupt the data (use |tojson inside them).
+PLAIN_SUFFIXES = (".json", ".txt", ".csv")
+
+
+@dataclass(frozen=True)
+class SourceView:
+    """One source as a template sees it: `menu.data`, `menu.fetched_at`, `menu.stale`, ..."""
+
+    name: str
+    data: Any
+    fetched_at: datetime | None
+    stale: bool
+    last_error: str | None
+    updated_ago: str
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    """'just now', '5 minutes ago', '3 hours ago', '2 days ago'; 'never' for None."""
+    if moment is None:
+        return "never"
+    seconds = int((now - moment).total_seconds())
+    if seconds < 45:
+        return "just now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size) if unit == "minute" else seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "1 minute ago"
+
+
+def local_time(value: Any, fmt: str, tz: ZoneInfo) -> str:
+    """Format an aware datetime or ISO-8601 string in tz; naive strings are shown as written (already local)."""
+    if value is None or value == "":
+        return ""
+    moment = value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    if not isinstance(moment, datetime):
+        return str(value)
+    return (moment.astimezone(tz) if moment.tzinfo else moment).strftime(fmt)
+
+
+def json_feed(view: SourceView, generated_at: datetime) -> str:
+    """A source's JSON feed document; a serializer, never string building, so data round-trips exactly."""
+    doc = {
+        "source": view.name,
+        "fetched_at": view.fetched_at.isoformat() if view.fetched_at else None,
+        "generated_at": generated_at.isoformat(),
+        "stale": view.stale,
+        "last_error": view.last_error,
+        "data": view.data,
+    }
+    return json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+
+
+class Renderer:
+    """Jinja environments over templates_dir; autoescape on for everything but plain-data outputs."""
+
+    def __init__(self, templates_dir: Path, timezone: str) -> None:
+        self.tz = ZoneInfo(timezone)
+        self.timezone = timezone
+        loader = jinja2.FileSystemLoader(str(templates_dir))
+        # Escaping is decided by what we write, not the template's file name: `.html.j2` must escape too.
+        self._html = self._env(loader, autoescape=True)
+        self._plain = self._env(loader, autoescape=False)
+
+    def _env(self, loader: jinja2.BaseLoader, autoescape: bool) -> jinja2.Environment:
+        env = jinja2.Environment(loader=loader, autoescape=autoescape, auto_reload=True,
+                                 undefined=jinja2.ChainableUndefined)
+        env.filters["local_time"] = lambda value, fmt="%H:%M": local_time(value, fmt, self.tz)
+        env.filters["ago"] = jinja2.pass_context(lambda ctx, value: ago(value, ctx["generated_at"]))
+        return env
+
+    def render(self, feed: Feed, views: Mapping[str, SourceView], generated_at: datetime) -> str:
+        """The feed's text; RenderError names the template file and line."""
+        env = self._plain if feed.output.endswith(PLAIN_SUFFIXES) else self._html
+        context = {**views, "sources": dict(views), "generated_at": generated_at, "timezone": self.timezone}
+        try:
+            return env.get_template(feed.template).render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"{exc.filename or feed.template}:{exc.lineno}: {exc.message}") from None
+        except jinja2.TemplateNotFound as exc:
+            raise RenderError(f"template {exc.name!r} not found") from None
+        except Exception as exc:  # a template can raise anything (bad filter input, division by zero, ...)
+            raise RenderError(f"{feed.template}:{_template_line(exc, feed.template)}: {exc.__class__.__name__}: "
+                              f"{exc}") from None
+
+    def check(self, template: str) -> None:
+        """Compile a template without rendering; RenderError with file and line on a syntax error."""
+        try:
+            self._html.get_template(template)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"{exc.filename or template}:{exc.lineno}: {exc.message}") from None
+        except jinja2.TemplateNotFound:
+            raise RenderError(f"template {template!r} not found") from None
+
+
+def _template_line(exc: BaseException, template: str) -> str:
+    """The template line a runtime error happened on, read from the traceback Jinja rewrites."""
+    tb = exc.__traceback__
+    line = "?"
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(template):
+            line = str(tb.tb_lineno)
+        tb = tb.tb_next
+    return line
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace path with text so a reader sees the old file or the new one, never a part of either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must not reach the disk before the data does
+        # Web servers run as another user; mkstemp's 0600 would hide the feed from them.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

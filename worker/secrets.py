@@ -1,0 +1,46 @@
+"""Placeholder substitution (`<NAME>`) and redaction of secret values from anything shown or stored."""
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, quote_plus
+
+# Vendor docs write placeholders in capitals (<CLIENT_ID>); lower-case `<div>` in a script is just HTML.
+PLACEHOLDER = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+UNDECLARED_CANDIDATE = re.compile(r"<([A-Z][A-Z0-9_]*)>")
+REDACTED = "[redacted]"
+# Below this length a value is too likely to occur by chance (e.g. "1") to be worth masking.
+MIN_REDACT_LEN = 4
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Resolved placeholder values; `secret` names the ones that must never be shown."""
+
+    values: Mapping[str, str] = field(default_factory=dict)
+    secret: frozenset[str] = frozenset()
+
+    def substitute(self, text: str) -> str:
+        """Replace every declared `<NAME>` in text; undeclared ones stay as written."""
+        if "<" not in text:
+            return text
+        return PLACEHOLDER.sub(lambda m: self.values.get(m.group(1), m.group(0)), text)
+
+    def undeclared(self, text: str) -> list[str]:
+        """Capitalised `<NAME>` placeholders in text that [secrets] does not declare."""
+        return sorted({n for n in UNDECLARED_CANDIDATE.findall(text) if n not in self.values})
+
+    def secret_values(self) -> list[str]:
+        """The values to mask, longest first so a secret containing another is masked whole."""
+        found = {self.values[n] for n in self.secret if len(self.values[n]) >= MIN_REDACT_LEN}
+        return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, values: Iterable[str]) -> str:
+    """Mask every occurrence of each value, also in its common encodings (form, JSON escapes)."""
+    for value in values:
+        if len(value) < MIN_REDACT_LEN:
+            continue
+        for form in {value, quote(value, safe=""), quote_plus(value)}:
+            text = text.replace(form, REDACTED)
+    return text
