@@ -21,7 +21,8 @@ from worker.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SEED_SCRIPT = (Path(__file__).parent.parent / "jobs" / "oauth_token.js").read_text()
-CLIENT_ID, CLIENT_SECRET = "client-1", "s3cr+t/=&x y%"
+# The seed script concatenates the form body unencoded, so its secret must have no reserved characters.
+CLIENT_ID, CLIENT_SECRET = "client-1", "s3cret-Value_9"
 NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
 
 

@@ -54,7 +54,7 @@ def test_cron_schedule_sets_stale_default_from_its_period(project) -> None:
 
 
 ERRORS = [
-    (MINIMAL + 'colour = "red"\n', """[sources] "menu": unknown key 'colour'"""),
+    (MINIMAL + 'colour = "red"\n', """[[sources]] "menu": unknown key 'colour'"""),
     ("[worker]\nthreads = 2\n" + MINIMAL, "[worker]: unknown key 'threads'"),
     (MINIMAL + MINIMAL, '[[sources]] "menu": duplicate name'),
     (MINIMAL + 'pre_request = "missing.js"\n', '[[sources]] "menu".pre_request:'),

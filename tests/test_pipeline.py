@@ -74,7 +74,7 @@ def test_failed_pull_keeps_last_good_feed_and_reports_error(api: Api, project: P
     break_api(api)
     clock.advance(300)
     result = run_source(config.source("menu"), config, deps)
-    expected = error.format(port=api.url.rsplit(":", 1)[1])
+    expected = error.replace("{port}", api.url.rsplit(":", 1)[1])
     assert (result.status, result.error) == ("failed", expected)
     assert project.feed("board.html").read_bytes() == html_before
     doc = feed_json(project)

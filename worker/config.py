@@ -149,7 +149,7 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
 
 def parse(raw: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> Config:
     """Build a Config from parsed TOML (path anchors relative paths and names the file in errors)."""
-    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds", "auth"), f"{path.name}: top level")
+    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds"), f"{path.name}: top level")
     base = path.parent
     worker = _worker(raw.get("worker", {}), base)
     secrets = _secrets(raw.get("secrets", {}), base, environ)
@@ -314,7 +314,7 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
 def _source(index: int, table: Mapping[str, Any], worker: WorkerSettings) -> Source:
     name = table.get("name")
     where = f"[[sources]] #{index + 1}" if not isinstance(name, str) else f'[[sources]] "{name}"'
-    _reject_unknown(table, (*SOURCE_REQUIRED, *SOURCE_DEFAULTS, "auth"), where)
+    _reject_unknown(table, (*SOURCE_REQUIRED, *SOURCE_DEFAULTS), where)
     for key in SOURCE_REQUIRED:
         if key not in table:
             raise ConfigError(f"{where}: missing required key {key!r}")

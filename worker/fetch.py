@@ -1,6 +1,7 @@
 """HTTP: building the request (pure), sending it with httpx under a size cap, and decoding the JSON."""
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ def build(request: Mapping[str, Any]) -> httpx.Request:
 def send(client: httpx.Client, request: httpx.Request, *, timeout: float, max_bytes: int) -> Response:
     """Send and read the body, refusing more than max_bytes; network failures become one-line FetchErrors."""
     request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+    started = time.perf_counter()
     try:
         response = client.send(request, stream=True, follow_redirects=True)
         try:
@@ -87,7 +89,7 @@ def send(client: httpx.Client, request: httpx.Request, *, timeout: float, max_by
     except httpx.HTTPError as exc:
         raise FetchError(f"request to {_origin(request)} failed: {exc.__class__.__name__}: {_reason(exc)}") from None
     headers = {k.lower(): v for k, v in response.headers.items()}
-    return Response(response.status_code, headers, body, str(response.url), response.elapsed.total_seconds() * 1000)
+    return Response(response.status_code, headers, body, str(response.url), (time.perf_counter() - started) * 1000)
 
 
 def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
