@@ -1,9 +1,12 @@
 """HTTP: building the request (pure), sending it with httpx under a size cap, and decoding the JSON."""
 
 import json
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -15,6 +18,8 @@ from worker.secrets import Secrets
 USER_AGENT = "signfeed/0.1 (+https://github.com/signfeed)"
 MAX_REDIRECTS = 5
 PREVIEW_CHARS = 200
+BACKOFF_BASE = 0.5  # seconds before the first retry, doubling each time
+BACKOFF_CAP = 8.0
 
 
 @dataclass(frozen=True)
@@ -68,31 +73,93 @@ def build(request: Mapping[str, Any]) -> httpx.Request:
         raise FetchError(f"invalid request to {request.get('url')!r}: {exc}") from None
 
 
-def send(client: httpx.Client, request: httpx.Request, *, timeout: float, max_bytes: int) -> Response:
-    """Send and read the body, refusing more than max_bytes; network failures become one-line FetchErrors."""
-    request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+class Transient(FetchError):
+    """A failure worth retrying within the run: the connection failed or a gateway answered 502/503/504."""
+
+
+class RateLimited(FetchError):
+    """The API asked us to wait (429, or 503 with Retry-After); `seconds` is how long, already clamped."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+RETRY_STATUSES = (502, 503, 504)
+MAX_PAUSE = 3600.0  # an API asking for a day's pause is more likely wrong than right; re-check hourly
+DEFAULT_429_PAUSE = 60.0  # a 429 without a usable Retry-After still means "slow down"
+CONNECT_TIMEOUT = 10.0
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After value (delay-seconds or an HTTP date), clamped to [0, 1 h]; None if unusable."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; an offset-less one is read as such
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), MAX_PAUSE)
+
+
+def check_rate_limit(status: int, headers: Mapping[str, str], now: datetime) -> float | None:
+    """The pause a response demands: 429 always, 503 only with a usable Retry-After."""
+    wait = parse_retry_after(headers.get("retry-after"), now)
+    if status == 429:
+        return DEFAULT_429_PAUSE if wait is None else wait
+    if status == 503 and wait is not None:
+        return wait
+    return None
+
+
+def send(client: httpx.Client, request: httpx.Request, *, deadline: float, max_bytes: int) -> Response:
+    """Send and read the body by a monotonic deadline, refusing more than max_bytes.
+
+    httpx's timeouts are per socket operation, so a server dripping a byte a second would never trip them;
+    the deadline is checked between chunks as well, which bounds the whole exchange.
+    """
+    remaining = _remaining(deadline, request, "connect")
+    request.extensions["timeout"] = httpx.Timeout(remaining, connect=min(remaining, CONNECT_TIMEOUT)).as_dict()
     started = time.perf_counter()
     try:
         response = client.send(request, stream=True, follow_redirects=True)
         try:
-            body = _read_capped(response, max_bytes)
+            body = _read_capped(response, max_bytes, deadline, request)
         finally:
             response.close()
     except httpx.TooManyRedirects:
         raise FetchError(f"more than {MAX_REDIRECTS} redirects from {request.url}") from None
     except httpx.ConnectTimeout:
-        raise FetchError(f"connect timed out after {timeout:g}s ({_origin(request)})") from None
+        raise Transient(f"connect to {_origin(request)} timed out") from None
     except httpx.TimeoutException:
-        raise FetchError(f"read timed out after {timeout:g}s ({_origin(request)})") from None
+        raise FetchError(f"read from {_origin(request)} timed out after {remaining:.0f}s (no data)") from None
     except httpx.ConnectError as exc:
-        raise FetchError(f"cannot connect to {_origin(request)}: {_reason(exc)}") from None
+        raise Transient(f"cannot connect to {_origin(request)}: {_reason(exc)}") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise Transient(f"connection to {_origin(request)} broke: {_reason(exc)}") from None
     except httpx.HTTPError as exc:
         raise FetchError(f"request to {_origin(request)} failed: {exc.__class__.__name__}: {_reason(exc)}") from None
     headers = {k.lower(): v for k, v in response.headers.items()}
     return Response(response.status_code, headers, body, str(response.url), (time.perf_counter() - started) * 1000)
 
 
-def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+def _remaining(deadline: float, request: httpx.Request, phase: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchError(f"run deadline passed before {phase} to {_origin(request)} (timeout)")
+    return left
+
+
+def _read_capped(response: httpx.Response, max_bytes: int, deadline: float, request: httpx.Request) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise FetchError(f"response is {int(declared):,} bytes, over the {max_bytes:,}-byte limit (max_bytes)")
@@ -101,8 +168,35 @@ def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise FetchError(f"response is over the {max_bytes:,}-byte limit (max_bytes); stopped reading")
+        if time.monotonic() > deadline:
+            raise FetchError(f"total deadline passed while reading from {_origin(request)} "
+                             f"({size:,} bytes in; timeout)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def send_with_retries(client: httpx.Client, request: httpx.Request, *, deadline: float, max_bytes: int,
+                      retries: int, now: datetime, sleep: Callable[[float], None] = time.sleep) -> Response:
+    """send, retrying connection failures and 502/503/504 with capped exponential backoff and jitter."""
+    attempt = 0
+    while True:
+        try:
+            response = send(client, request, deadline=deadline, max_bytes=max_bytes)
+        except Transient:
+            if attempt >= retries:
+                raise
+        else:
+            pause = check_rate_limit(response.status, response.headers, now)
+            if pause is not None:
+                raise RateLimited(f"HTTP {response.status} from {response.url}: rate-limited", pause)
+            if response.status not in RETRY_STATUSES or attempt >= retries:
+                return response
+        # Full jitter: sources failing together (one upstream outage) do not retry in lockstep.
+        wait = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+        if time.monotonic() + wait >= deadline:
+            raise FetchError(f"gave up on {_origin(request)} after {attempt + 1} attempts: the run deadline is near")
+        sleep(wait)
+        attempt += 1
 
 
 def _origin(request: httpx.Request) -> str:
@@ -153,7 +247,7 @@ def select(data: Any, path: str | None) -> Any:
     return current
 
 
-def host_http(client: httpx.Client, args: Mapping[str, Any], *, timeout: float, max_bytes: int) -> dict[str, Any]:
+def host_http(client: httpx.Client, args: Mapping[str, Any], *, deadline: float, max_bytes: int) -> dict[str, Any]:
     """A pre-request script's os.* request, carried out by the worker: {status, headers, text}."""
     request = build({
         "method": str(args.get("method", "GET")).upper(),
@@ -162,8 +256,10 @@ def host_http(client: httpx.Client, args: Mapping[str, Any], *, timeout: float, 
         "params": dict(args.get("params") or {}),
         "body": args.get("body"),
     })
-    wanted = args.get("timeout")
-    response = send(client, request, timeout=min(timeout, float(wanted)) if wanted else timeout, max_bytes=max_bytes)
+    wanted = args.get("timeout")  # seconds, already converted from the script's milliseconds
+    if wanted:
+        deadline = min(deadline, time.monotonic() + float(wanted))
+    response = send(client, request, deadline=deadline, max_bytes=max_bytes)
     return {"status": response.status, "headers": dict(response.headers), "text": response.text}
 
 

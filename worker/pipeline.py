@@ -3,9 +3,9 @@
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ from worker.errors import ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome
 from worker.secrets import redact
-from worker.store import FAILED, OK, UNCHANGED, Run, Snapshot, Store, encode_data, iso
+from worker.store import FAILED, OK, SKIPPED, UNCHANGED, Run, Snapshot, Store, encode_data, iso
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class Deps:
     scripts: Scripts
     renderer: Renderer
     clock: Clock = utcnow
+    sleep: Callable[[float], None] = time.sleep
+    # Sources an API told to back off (Retry-After), until when. In memory: a restart re-asks the API once.
+    paused_until: dict[str, datetime] = field(default_factory=dict)
 
     def close(self) -> None:
         self.client.close()
@@ -120,23 +123,45 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
     clock_start = time.perf_counter()
     masks = _Masks(set(config.secrets.secret_values()))
     result = RunResult(source.name, FAILED, started)
+    paused = deps.paused_until.get(source.name)
+    if paused is not None and started < paused:
+        result.status, result.error = SKIPPED, f"{source.name}: rate-limited until {_local(paused, config)}"
+        log.info("%s; run skipped", result.error)
+        return result
+    deadline = time.monotonic() + source.timeout
     try:
-        request = _prepare(source, config, deps, masks, result)
-        result.response = fetch.send(deps.client, fetch.build(request), timeout=source.timeout,
-                                     max_bytes=source.max_bytes)
+        request = _prepare(source, config, deps, masks, result, deadline)
+        result.response = fetch.send_with_retries(
+            deps.client, fetch.build(request), deadline=deadline, max_bytes=source.max_bytes,
+            retries=source.retries, now=started, sleep=deps.sleep)
         result.data = fetch.select(fetch.decode_json(result.response), source.select)
         result.status = OK
     except WorkerError as exc:
-        result.error = masks(_prefixed(source.name, str(exc)))
+        if isinstance(exc, fetch.RateLimited):
+            deps.paused_until[source.name] = deps.clock() + timedelta(seconds=exc.seconds)
+        result.error = masks(_prefixed(source.name, _rate_limit_note(source, config, deps, started, str(exc))))
         result.console = [(level, masks(line)) for level, line in getattr(exc, "console", result.console)]
     result.duration_ms = (time.perf_counter() - clock_start) * 1000
-    if store:
+    if store and result.status != SKIPPED:
         _store_and_publish(source, config, deps, result, force)
     _log(result)
     return result
 
 
-def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: RunResult) -> dict[str, Any]:
+def _rate_limit_note(source: Source, config: Config, deps: Deps, started: datetime, error: str) -> str:
+    """The error, led by "rate-limited until ..." when this run's data or token request set a pause."""
+    until = deps.paused_until.get(source.name)
+    if until is None or until <= started:
+        return error
+    return f"rate-limited until {_local(until, config)} ({error})"
+
+
+def _local(moment: datetime, config: Config) -> str:
+    return moment.astimezone(config.worker.tz).strftime("%H:%M:%S")
+
+
+def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: RunResult,
+             deadline: float) -> dict[str, Any]:
     """The request to send: the config's, then whatever the pre-request script changed."""
     request = fetch.initial_request(source, config.secrets)
     script_path = config.script_path(source)
@@ -146,9 +171,10 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
             code = config.secrets.substitute(script_path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ScriptError(f"cannot read pre-request script {shown}: {exc.strerror}") from None
-        job = ScriptJob(source.name, shown, code, request, timeout=source.script_timeout,
-                        memory_mb=source.script_memory)
-        outcome = deps.scripts.run(job, _host_call(source, deps, masks))
+        # The script's own limit, cut short by the run's deadline so the whole run stays within `timeout`.
+        budget = max(0.1, min(source.script_timeout, deadline - time.monotonic()))
+        job = ScriptJob(source.name, shown, code, request, timeout=round(budget, 3), memory_mb=source.script_memory)
+        outcome = deps.scripts.run(job, _host_call(source, deps, masks, deadline))
         result.console = [(level, masks(line)) for level, line in outcome.console]
         request = outcome.request
     masks.add_headers(request["headers"])
@@ -156,13 +182,17 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
     return request
 
 
-def _host_call(source: Source, deps: Deps, masks: _Masks) -> HostCall:
+def _host_call(source: Source, deps: Deps, masks: _Masks, deadline: float) -> HostCall:
     """The worker side of a script's os.* calls: requests go out through the shared httpx client."""
 
     def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "http":
-            answer = fetch.host_http(deps.client, args, timeout=source.timeout, max_bytes=source.max_bytes)
+            answer = fetch.host_http(deps.client, args, deadline=deadline, max_bytes=source.max_bytes)
             masks.add_tokens(answer["text"])
+            # A token endpoint's Retry-After pauses the whole source, like the data endpoint's would.
+            pause = fetch.check_rate_limit(answer["status"], answer["headers"], deps.clock())
+            if pause is not None:
+                deps.paused_until[source.name] = deps.clock() + timedelta(seconds=pause)
             return answer
         raise ScriptError(f"os.{op} is not available (no [auth] block configured)")
 

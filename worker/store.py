@@ -20,6 +20,7 @@ from worker.errors import StoreError
 RUNS_KEPT = 500
 SCHEMA_VERSION = 1
 OK, UNCHANGED, FAILED = "ok", "unchanged", "failed"
+SKIPPED = "skipped"  # never stored: a run that did not happen (rate limit pause)
 
 
 class Run(SQLModel, table=True):
