@@ -36,7 +36,7 @@ class Seen:
     body: bytes
 
 
-Reply = tuple[int, dict[str, str], bytes]
+Reply = tuple[int, dict[str, str], Any]  # body: bytes, or an iterator of byte chunks
 
 
 @dataclass
@@ -64,7 +64,8 @@ class Api:
 
         form = {k: v[0] for k, v in parse_qs(seen.body.decode()).items()}
         if form != {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}:
-            return 401, {"Content-Type": "application/json"}, (FIXTURES / "azure-ad-error-invalid-client.json").read_bytes()
+            error = (FIXTURES / "azure-ad-error-invalid-client.json").read_bytes()
+            return 401, {"Content-Type": "application/json"}, error
         self.tokens_issued += 1
         doc = {"token_type": "Bearer", "expires_in": 3599, "access_token": f"tok-{self.tokens_issued}-abcdef"}
         return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
@@ -84,9 +85,17 @@ def _handler(api: Api) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if isinstance(body, bytes):
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            # An iterator of chunks: a slow server, written piece by piece.
+            self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            for chunk in body:
+                self.wfile.write(chunk)
+                self.wfile.flush()
 
         do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -62,7 +62,8 @@ def test_connection_refused_is_one_line_naming_the_origin() -> None:
 
 @pytest.mark.parametrize(("status", "body", "ctype", "message"), [
     (500, b"Internal error", "text/plain", "HTTP 500 from http://api.test/x: Internal error"),
-    (200, b"<html><body>Login</body></html>", "text/html", "response is not JSON (text/html; Expecting value at line 1)"),
+    (200, b"<html><body>Login</body></html>", "text/html",
+     "response is not JSON (text/html; Expecting value at line 1)"),
     (200, b"", "application/json", "HTTP 200 with an empty body"),
     (302, b"", "text/html", "HTTP 302 from"),
 ])
@@ -94,8 +95,8 @@ def test_host_http_returns_status_lowercase_headers_and_text() -> None:
         seen.append(request)
         return httpx.Response(201, json={"ok": True}, headers={"X-Thing": "1"})
 
-    answer = fetch.host_http(client_for(handler), {"method": "post", "url": "http://api.test/t", "body": "a=1",
-                                                   "headers": {"Content-Type": "text/plain"}}, deadline=time.monotonic() + 5, max_bytes=100)
+    args = {"method": "post", "url": "http://api.test/t", "body": "a=1", "headers": {"Content-Type": "text/plain"}}
+    answer = fetch.host_http(client_for(handler), args, deadline=time.monotonic() + 5, max_bytes=100)
     assert (answer["status"], answer["headers"]["x-thing"], json.loads(answer["text"])) == (201, "1", {"ok": True})
     assert (seen[0].method, seen[0].content) == ("POST", b"a=1")
 

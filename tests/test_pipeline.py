@@ -6,8 +6,8 @@ import os
 import sqlite3
 
 import pytest
-
 from conftest import CLIENT_SECRET, Api, Project, seed_config
+
 from worker.pipeline import run_source
 
 MENU = {"title": "Lunch", "items": [{"name": "Soup"}, {"name": "Bread"}]}

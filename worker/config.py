@@ -318,7 +318,8 @@ def _source(index: int, table: Mapping[str, Any], worker: WorkerSettings) -> Sou
     for key in SOURCE_REQUIRED:
         if key not in table:
             raise ConfigError(f"{where}: missing required key {key!r}")
-    if not NAME_RE.match(_expect(name, str, f"{where}.name", "a string")):
+    name = _expect(name, str, f"{where}.name", "a string")
+    if not NAME_RE.match(name):
         raise ConfigError(f"{where}.name: use only a-z, 0-9, _ and - (it names files and template variables)")
     merged = {**SOURCE_DEFAULTS, **table}
     every, cron, period = _schedule(table, where, worker.tz)

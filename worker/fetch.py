@@ -92,7 +92,7 @@ CONNECT_TIMEOUT = 10.0
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a Retry-After value (delay-seconds or an HTTP date), clamped to [0, 1 h]; None if unusable."""
+    """Seconds to wait from Retry-After (delay-seconds or an HTTP date), clamped to [0, 1 h]; None if unusable."""
     if not value or not value.strip():
         return None
     value = value.strip()
@@ -116,7 +116,7 @@ def check_rate_limit(status: int, headers: Mapping[str, str], now: datetime) -> 
     wait = parse_retry_after(headers.get("retry-after"), now)
     if status == 429:
         return DEFAULT_429_PAUSE if wait is None else wait
-    if status == 503 and wait is not None:
+    if status == 503 and wait:  # "retry after 0 s" is an ordinary transient failure
         return wait
     return None
 

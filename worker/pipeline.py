@@ -151,7 +151,7 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
 def _rate_limit_note(source: Source, config: Config, deps: Deps, started: datetime, error: str) -> str:
     """The error, led by "rate-limited until ..." when this run's data or token request set a pause."""
     until = deps.paused_until.get(source.name)
-    if until is None or until <= started:
+    if until is None or until < started:
         return error
     return f"rate-limited until {_local(until, config)} ({error})"
 

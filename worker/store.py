@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
@@ -54,6 +54,12 @@ class Meta(SQLModel, table=True):
     __tablename__ = "signfeed_meta"
     key: str = Field(primary_key=True)
     value: str
+
+
+# Core tables for queries: plain SQL on the hot path, typed columns for mypy.
+RUNS: Table = SQLModel.metadata.tables["runs"]
+SNAPSHOTS: Table = SQLModel.metadata.tables["snapshots"]
+META: Table = SQLModel.metadata.tables["signfeed_meta"]
 
 
 @dataclass(frozen=True)
@@ -126,9 +132,9 @@ class Store:
     def _migrate(self) -> None:
         SQLModel.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            version = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+            version = conn.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
             if version is None:
-                conn.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                conn.execute(insert(META).values(key="schema_version", value=str(SCHEMA_VERSION)))
             elif int(version) > SCHEMA_VERSION:
                 raise StoreError(f"database schema {version} is newer than this signfeed ({SCHEMA_VERSION}); upgrade")
 
@@ -138,7 +144,7 @@ class Store:
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {exc.__class__.__name__}: {exc.orig or exc}") from None
+            raise StoreError(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -146,49 +152,51 @@ class Store:
     def record(self, run: Run, snapshot: Snapshot | None = None, keep: int = 100) -> None:
         """Write a run (and its new snapshot) and apply retention, all in one transaction."""
         with self._tx() as conn:
-            conn.execute(insert(Run).values(**run.model_dump(exclude={"id"})))
+            conn.execute(insert(RUNS).values(**run.model_dump(exclude={"id"})))
             if snapshot is not None:
-                conn.execute(insert(Snapshot).values(**snapshot.model_dump(exclude={"id"})))
-                _prune(conn, Snapshot, run.source, keep)
-            _prune(conn, Run, run.source, RUNS_KEPT)
+                conn.execute(insert(SNAPSHOTS).values(**snapshot.model_dump(exclude={"id"})))
+                _prune(conn, SNAPSHOTS, run.source, keep)
+            _prune(conn, RUNS, run.source, RUNS_KEPT)
 
     def latest_snapshot(self, source: str) -> StoredSnapshot | None:
         with self._tx() as conn:
             row = conn.execute(
-                select(Snapshot).where(Snapshot.source == source).order_by(Snapshot.id.desc()).limit(1)  # type: ignore[union-attr]
+                select(SNAPSHOTS).where(SNAPSHOTS.c.source == source).order_by(SNAPSHOTS.c.id.desc()).limit(1)
             ).first()
         if row is None:
             return None
-        return StoredSnapshot(row.source, parse_iso(row.fetched_at), row.http_status, row.content_hash,  # type: ignore[arg-type]
-                              json.loads(row.data))
+        return StoredSnapshot(row.source, datetime.fromisoformat(row.fetched_at), row.http_status,
+                              row.content_hash, json.loads(row.data))
 
     def latest_hash(self, source: str) -> str | None:
         with self._tx() as conn:
             return conn.execute(
-                select(Snapshot.content_hash).where(Snapshot.source == source)
-                .order_by(Snapshot.id.desc()).limit(1)  # type: ignore[union-attr]
+                select(SNAPSHOTS.c.content_hash).where(SNAPSHOTS.c.source == source)
+                .order_by(SNAPSHOTS.c.id.desc()).limit(1)
             ).scalar()
 
     def last_status(self, source: str) -> str | None:
         with self._tx() as conn:
             return conn.execute(
-                select(Run.status).where(Run.source == source).order_by(Run.id.desc()).limit(1)  # type: ignore[union-attr]
+                select(RUNS.c.status).where(RUNS.c.source == source).order_by(RUNS.c.id.desc()).limit(1)
             ).scalar()
 
     def state(self, source: str) -> SourceState:
         """Last success, last error and the failure streak, read from the runs table."""
         with self._tx() as conn:
             last_ok = conn.execute(
-                select(func.max(Run.id), func.max(Run.finished_at)).where(Run.source == source, Run.status != FAILED)
+                select(func.max(RUNS.c.id), func.max(RUNS.c.finished_at))
+                .where(RUNS.c.source == source, RUNS.c.status != FAILED)
             ).first()
             ok_id = last_ok[0] if last_ok and last_ok[0] is not None else 0
             failed = conn.execute(
-                select(func.count(), func.max(Run.id)).where(Run.source == source, Run.status == FAILED, Run.id > ok_id)
+                select(func.count(), func.max(RUNS.c.id))
+                .where(RUNS.c.source == source, RUNS.c.status == FAILED, RUNS.c.id > ok_id)
             ).first()
             last_error = None
             if failed and failed[0]:
-                last_error = conn.execute(select(Run.error).where(Run.id == failed[1])).scalar()
-            last_run = conn.execute(select(func.max(Run.finished_at)).where(Run.source == source)).scalar()
+                last_error = conn.execute(select(RUNS.c.error).where(RUNS.c.id == failed[1])).scalar()
+            last_run = conn.execute(select(func.max(RUNS.c.finished_at)).where(RUNS.c.source == source)).scalar()
         return SourceState(
             last_success_at=parse_iso(last_ok[1]) if last_ok else None,
             last_error=last_error,
@@ -199,7 +207,7 @@ class Store:
     def runs(self, source: str, limit: int = 20) -> list[Run]:
         with self._tx() as conn:
             rows = conn.execute(
-                select(Run).where(Run.source == source).order_by(Run.id.desc()).limit(limit)  # type: ignore[union-attr]
+                select(RUNS).where(RUNS.c.source == source).order_by(RUNS.c.id.desc()).limit(limit)
             ).all()
         return [Run(**row._mapping) for row in rows]
 
@@ -207,9 +215,9 @@ class Store:
         """Newest first, without the data column (history lists them; bodies can be large)."""
         with self._tx() as conn:
             rows = conn.execute(
-                select(Snapshot.id, Snapshot.source, Snapshot.fetched_at, Snapshot.http_status,
-                       Snapshot.content_hash, func.length(Snapshot.data).label("data"))
-                .where(Snapshot.source == source).order_by(Snapshot.id.desc()).limit(limit)  # type: ignore[union-attr]
+                select(SNAPSHOTS.c.id, SNAPSHOTS.c.source, SNAPSHOTS.c.fetched_at, SNAPSHOTS.c.http_status,
+                       SNAPSHOTS.c.content_hash, func.length(SNAPSHOTS.c.data).label("data"))
+                .where(SNAPSHOTS.c.source == source).order_by(SNAPSHOTS.c.id.desc()).limit(limit)
             ).all()
         return [Snapshot(**{**row._mapping, "data": str(row.data)}) for row in rows]
 
@@ -218,9 +226,9 @@ class Store:
             return conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
 
 
-def _prune(conn: Any, table: type[Run] | type[Snapshot], source: str, keep: int) -> None:
+def _prune(conn: Any, table: Table, source: str, keep: int) -> None:
     cutoff = conn.execute(
-        select(table.id).where(table.source == source).order_by(table.id.desc()).offset(keep).limit(1)  # type: ignore[union-attr]
+        select(table.c.id).where(table.c.source == source).order_by(table.c.id.desc()).offset(keep).limit(1)
     ).scalar()
     if cutoff is not None:
-        conn.execute(delete(table).where(table.source == source, table.id <= cutoff))  # type: ignore[operator]
+        conn.execute(delete(table).where(table.c.source == source, table.c.id <= cutoff))
