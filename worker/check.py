@@ -1,26 +1,46 @@
 """`signfeed check` and start-up validation: script syntax and templates, each problem with file and line."""
 
-from worker.config import Config
-from worker.errors import WorkerError
+from pathlib import Path
+
+from worker.config import Config, Source
+from worker.errors import ConfigError, WorkerError
 from worker.render import Renderer
-from worker.script import ScriptRunner
+from worker.script import ScriptJob, ScriptRunner, lint
 
 
-def check_scripts(config: Config, runner: ScriptRunner) -> list[str]:
-    """Syntax errors in every source's pre-request script (placeholders substituted as at run time)."""
-    problems = []
-    seen: set[str] = set()
+def shown_path(path: Path, config: Config) -> str:
+    """A path as the operator knows it: relative to the config file's folder when inside it."""
+    return str(path.relative_to(config.path.parent)) if path.is_relative_to(config.path.parent) else str(path)
+
+
+def script_job(source: Source, config: Config) -> ScriptJob | None:
+    """The script a source runs, placeholders filled in, or None when it has none."""
+    path = config.script_path(source)
+    if path is None:
+        return None
+    code = config.secrets.substitute(path.read_text(encoding="utf-8"))
+    return ScriptJob(source.name, shown_path(path, config), code, {}, timeout=source.script_timeout,
+                     memory_mb=source.script_memory)
+
+
+def check_scripts(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:
+    """(syntax errors, lint warnings) of every source's pre-request script."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    checked: set[str] = set()
     for source in config.sources:
-        path = config.script_path(source)
-        if path is None or str(path) in seen:
+        job = script_job(source, config)
+        if job is None:
             continue
-        seen.add(str(path))
-        shown = str(path.relative_to(config.path.parent)) if path.is_relative_to(config.path.parent) else str(path)
+        warnings.extend(lint(job, None, config.secrets.secret_values()))
+        if job.path in checked:
+            continue
+        checked.add(job.path)
         try:
-            runner.check(config.secrets.substitute(path.read_text(encoding="utf-8")), shown)
+            runner.check(job.code, job.path)
         except WorkerError as exc:
             problems.append(f"{source.name}: {exc}")
-    return problems
+    return problems, warnings
 
 
 def check_templates(config: Config) -> list[str]:
@@ -34,8 +54,16 @@ def check_templates(config: Config) -> list[str]:
     return problems
 
 
-def check_all(config: Config) -> tuple[list[str], list[str]]:
+def check_all(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:
     """(problems, warnings) for a loaded config."""
-    with ScriptRunner(size=1) as runner:
-        problems = check_scripts(config, runner)
-    return problems + check_templates(config), []
+    problems, warnings = check_scripts(config, runner)
+    return problems + check_templates(config), warnings
+
+
+def require_valid(config: Config, runner: ScriptRunner) -> list[str]:
+    """Raise ConfigError on the first problem (the daemon refuses to start or reload); return the warnings."""
+    problems, warnings = check_all(config, runner)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run signfeed check)" if len(problems) > 1 else ""
+        raise ConfigError(problems[0] + more)
+    return warnings

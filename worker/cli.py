@@ -8,11 +8,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker import config as config_mod
+from worker.check import check_all
 from worker.config import Config
 from worker.errors import WorkerError
 from worker.fetch import preview
 from worker.pipeline import Deps, RunResult, open_deps, render_all, run_source
 from worker.render import ago
+from worker.script import ScriptRunner
 
 log = logging.getLogger("signfeed")
 PREVIEW_BODY = 1500
@@ -118,6 +120,8 @@ def print_test(result: RunResult) -> None:
             print(f"  {name}: {value}")
         text = json.dumps(result.data, ensure_ascii=False, indent=1) if result.ok else resp.text
         print(text[:PREVIEW_BODY] + ("\n…" if len(text) > PREVIEW_BODY else ""))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print(f"ok in {result.duration_ms:.0f} ms" if result.ok else f"FAILED: {result.error}")
 
 
@@ -150,10 +154,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from worker.check import check_all
-
     config = config_mod.load(args.config)
-    problems, warnings = check_all(config)
+    with ScriptRunner(size=1) as runner:
+        problems, warnings = check_all(config, runner)
     for line in warnings:
         print(f"warning: {line}")
     for line in problems:

@@ -12,11 +12,12 @@ from typing import Any, Protocol
 import httpx
 
 from worker import fetch
+from worker.check import shown_path
 from worker.clock import Clock, utcnow
 from worker.config import Config, Feed, Source
 from worker.errors import ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
-from worker.script import HostCall, ScriptJob, ScriptOutcome
+from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
 from worker.secrets import redact
 from worker.store import FAILED, OK, SKIPPED, UNCHANGED, Run, Snapshot, Store, encode_data, iso
 
@@ -81,6 +82,7 @@ class RunResult:
     response: fetch.Response | None = None
     data: Any = None
     console: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     render_errors: list[str] = field(default_factory=list)
 
@@ -166,7 +168,7 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
     request = fetch.initial_request(source, config.secrets)
     script_path = config.script_path(source)
     if script_path is not None:
-        shown = _shown_path(script_path, config)
+        shown = shown_path(script_path, config)
         try:
             code = config.secrets.substitute(script_path.read_text(encoding="utf-8"))
         except OSError as exc:
@@ -176,6 +178,7 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
         job = ScriptJob(source.name, shown, code, request, timeout=round(budget, 3), memory_mb=source.script_memory)
         outcome = deps.scripts.run(job, _host_call(source, deps, masks, deadline))
         result.console = [(level, masks(line)) for level, line in outcome.console]
+        result.warnings = lint(job, outcome, config.secrets.secret_values())
         request = outcome.request
     masks.add_headers(request["headers"])
     result.request = _masked_request(request, masks)
@@ -207,14 +210,6 @@ def _masked_request(request: dict[str, Any], masks: _Masks) -> dict[str, Any]:
     if isinstance(request.get("body"), str):
         shown["body"] = masks(request["body"])
     return shown
-
-
-def _shown_path(path: Path, config: Config) -> str:
-    """The script path as the operator knows it: relative to the config file's folder when inside it."""
-    try:
-        return str(path.relative_to(config.path.parent))
-    except ValueError:
-        return str(path)
 
 
 def _prefixed(name: str, message: str) -> str:
