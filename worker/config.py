@@ -382,7 +382,8 @@ def _body(value: Any, where: str) -> str | None:
 
 
 def _feed(index: int, table: Mapping[str, Any]) -> Feed:
-    where = f"[[feeds]] #{index + 1}"
+    output_name = table.get("output")
+    where = f'[[feeds]] "{output_name}"' if isinstance(output_name, str) else f"[[feeds]] #{index + 1}"
     _reject_unknown(table, FEED_KEYS, where)
     for key in FEED_KEYS:
         if key not in table:

@@ -3,10 +3,11 @@
 import logging
 import signal
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
+from zoneinfo import ZoneInfo
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -14,71 +15,126 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import config as config_mod
+from worker.check import require_valid
 from worker.config import Config, Source
 from worker.errors import WorkerError
-from worker.pipeline import Deps, open_deps, run_source
+from worker.pipeline import Deps, RunResult, open_deps, publish, run_source
 from worker.render import Renderer
+from worker.script import ScriptRunner
 
 log = logging.getLogger(__name__)
 
 # APScheduler's default grace of 1 s silently drops a run that starts late (busy machine, suspend);
 # None runs it however late, and coalesce folds a backlog of missed slots into that one run.
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+STALE_SUFFIX = ":stale"
+
+
+class LocalCronTrigger(BaseTrigger):
+    """A crontab line read as local wall-clock times: each existing local time fires once.
+
+    APScheduler 3's CronTrigger fires a repeated wall time twice when clocks go back, and asked again
+    inside that hour it returns the same past instant, which spins its scheduler loop forever. Matching
+    on naive wall time (computed as if in UTC) and mapping to the first occurrence avoids both.
+    """
+
+    def __init__(self, expr: str, timezone: str) -> None:
+        self.tz = ZoneInfo(timezone)
+        self.wall = CronTrigger.from_crontab(expr, timezone=UTC)
+
+    def _wall(self, moment: datetime) -> datetime:
+        return moment.astimezone(self.tz).replace(tzinfo=UTC, fold=0)
+
+    def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
+        wall_prev = self._wall(previous) if previous else None
+        wall_now = self._wall(now)
+        while (candidate := self.wall.get_next_fire_time(wall_prev, wall_now)) is not None:
+            real = candidate.replace(tzinfo=self.tz)  # fold=0: the first of a repeated local time
+            exists = real.astimezone(UTC).astimezone(self.tz).replace(tzinfo=None) == real.replace(tzinfo=None)
+            if exists and (previous is None or real > previous):
+                return real
+            wall_prev, wall_now = candidate, candidate + timedelta(seconds=1)
+        return None
+
+    def __str__(self) -> str:
+        return f"local cron in {self.tz.key}"
 
 
 def trigger_for(source: Source, timezone: str) -> BaseTrigger:
     """The APScheduler trigger for a source's `every` or `cron`."""
-    jitter = int(source.jitter) or None
     if source.cron:
-        return CronTrigger.from_crontab(source.cron, timezone=timezone)
-    # Interval triggers count elapsed seconds, so an hourly source stays hourly across DST changes.
-    return IntervalTrigger(seconds=int(source.every or 60), timezone=timezone, jitter=jitter)
+        return LocalCronTrigger(source.cron, timezone)
+    # Interval triggers count elapsed seconds, so an hourly source runs 25 times on the day clocks go back.
+    return IntervalTrigger(seconds=int(source.every or 60), timezone=timezone, jitter=int(source.jitter) or None)
 
 
-def guarded(source: Source, config: Config, deps: Deps) -> None:
-    """One scheduled run; nothing it raises may take the daemon down."""
-    try:
-        run_source(source, config, deps)
-    except WorkerError as exc:  # store/render failures outside a source's own error handling
-        log.error("%s: %s", source.name, exc)
-    except Exception:
-        log.exception("%s: unexpected error; the daemon carries on", source.name)
-
-
-def _on_skipped(event: JobExecutionEvent) -> None:
+def _on_skipped(event: JobSubmissionEvent) -> None:
     log.warning("%s: previous run still in progress; this run is skipped", event.job_id)
-
-
-def build_scheduler(config: Config, deps: Deps, *, start_now: datetime | None = None) -> BackgroundScheduler:
-    """A scheduler with one job per source; start_now makes every source run once at start-up."""
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(max_workers=config.worker.concurrency)},
-        job_defaults=JOB_DEFAULTS,
-        timezone=config.worker.timezone,
-    )
-    scheduler.add_listener(_on_skipped, EVENT_JOB_MAX_INSTANCES)
-    for source in config.sources:
-        add_job(scheduler, source, config, deps, start_now)
-    return scheduler
-
-
-def add_job(scheduler: BackgroundScheduler, source: Source, config: Config, deps: Deps,
-            start_now: datetime | None) -> None:
-    extra = {"next_run_time": start_now} if start_now else {}
-    scheduler.add_job(guarded, trigger_for(source, config.worker.timezone), args=(source, config, deps),
-                      id=source.name, name=source.name, replace_existing=True, **extra)
 
 
 class Daemon:
     """`signfeed run`: schedule every source until SIGTERM/SIGINT; SIGHUP reloads config.toml."""
 
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, deps: Deps | None = None) -> None:
         self.config_path = config_path
         self.config = config_mod.load(config_path)
-        self.deps = open_deps(self.config)
+        self.deps = deps or open_deps(self.config)
+        self._validate(self.config)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self.scheduler = build_scheduler(self.config, self.deps, start_now=self.deps.clock())
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=self.config.worker.concurrency)},
+            job_defaults=JOB_DEFAULTS,
+            timezone=self.config.worker.timezone,
+        )
+        self.scheduler.add_listener(_on_skipped, EVENT_JOB_MAX_INSTANCES)
+        now = self.deps.clock()
+        for source in self.config.sources:
+            self._schedule(source, first_run=now)
+            self._schedule_stale_check(source.name)
+
+    def _validate(self, config: Config) -> None:
+        """Script syntax and templates are checked before any pull: a typo fails now, not at 3 a.m."""
+        runner = self.deps.scripts if isinstance(self.deps.scripts, ScriptRunner) else ScriptRunner(size=1)
+        for warning in require_valid(config, runner):
+            log.warning("%s", warning)
+
+    def _schedule(self, source: Source, first_run: datetime | None) -> None:
+        extra = {"next_run_time": first_run} if first_run else {}
+        self.scheduler.add_job(self.run_job, trigger_for(source, self.config.worker.timezone), args=(source.name,),
+                               id=source.name, name=source.name, replace_existing=True, **extra)
+
+    def run_job(self, name: str) -> RunResult | None:
+        """One scheduled run, against the config in force now; nothing it raises may stop the daemon."""
+        config = self.config
+        try:
+            result = run_source(config.source(name), config, self.deps)
+        except WorkerError as exc:  # store or render trouble outside the source's own error handling
+            log.error("%s: %s", name, exc)
+            return None
+        except Exception:
+            log.exception("%s: unexpected error; the daemon carries on", name)
+            return None
+        if result.ok:
+            self._schedule_stale_check(name)
+        return result
+
+    def _schedule_stale_check(self, name: str) -> None:
+        """Re-render a source's feeds the moment its data turns stale, so screens say so without a new pull."""
+        state = self.deps.store.state(name)
+        if state.last_success_at is None:
+            return
+        due = state.last_success_at + timedelta(seconds=self.config.source(name).stale_after, milliseconds=10)
+        self.scheduler.add_job(self.mark_stale, "date", run_date=max(due, self.deps.clock()), args=(name,),
+                               id=name + STALE_SUFFIX, replace_existing=True)
+
+    def mark_stale(self, name: str) -> None:
+        try:
+            publish(self.config, self.deps, [name])
+            log.warning("%s: data is stale (no successful pull for %s); feeds say so", name,
+                        timedelta(seconds=self.config.source(name).stale_after))
+        except WorkerError as exc:
+            log.error("%s: %s", name, exc)
 
     def run(self, install_signals: bool = True) -> int:
         if install_signals:
@@ -105,21 +161,27 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    def reload(self) -> None:
-        """Swap in a new config; an invalid one is logged and the running one kept."""
+    def reload(self) -> bool:
+        """Swap in config.toml as it is now; an invalid one is logged and the running one kept."""
         try:
             new = config_mod.load(self.config_path)
+            self._validate(new)
         except WorkerError as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
-            return
-        old_names = {s.name for s in self.config.sources}
+            return False
+        old = {s.name: s for s in self.config.sources}
         self.config = new
         self.deps.renderer = Renderer(new.worker.templates_dir, new.worker.timezone)
         for source in new.sources:
-            add_job(self.scheduler, source, new, self.deps, None)
-        for name in old_names - {s.name for s in new.sources}:
-            self.scheduler.remove_job(name)
+            if old.get(source.name) != source:
+                # New and changed sources run at once, so an edit shows up without waiting a whole period.
+                self._schedule(source, first_run=self.deps.clock())
+        for name in old.keys() - {s.name for s in new.sources}:
+            for job_id in (name, name + STALE_SUFFIX):
+                if self.scheduler.get_job(job_id):
+                    self.scheduler.remove_job(job_id)
         log.info("signfeed: reloaded %s (%d sources)", self.config_path, len(new.sources))
+        return True
 
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=True)

@@ -1,0 +1,171 @@
+"""Scheduling: DST-proof triggers, one run per source at a time, reload, stale re-rendering, a live daemon."""
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import Api, Project, seed_config
+from worker.config import Source
+from worker.scheduler import Daemon, LocalCronTrigger, trigger_for
+
+NY = ZoneInfo("America/New_York")
+
+
+def fire_times(trigger, start: datetime, end: datetime) -> list[datetime]:
+    """What APScheduler would fire between start and end (its own loop: next time after the previous)."""
+    times, previous, now = [], None, start
+    while (nxt := trigger.get_next_fire_time(previous, now)) is not None and nxt < end:
+        times.append(nxt)
+        previous = now = nxt
+        assert len(times) < 500, "trigger does not make progress"
+    return times
+
+
+def local_day(year: int, month: int, day: int) -> tuple[datetime, datetime]:
+    start = datetime(year, month, day, tzinfo=NY)
+    return start, datetime(year, month, day + 1, tzinfo=NY)
+
+
+@pytest.mark.parametrize(("day", "runs"), [((2026, 3, 8), 23), ((2026, 11, 1), 25), ((2026, 7, 1), 24)])
+def test_hourly_interval_counts_real_hours_across_dst(day, runs: int) -> None:
+    start, end = local_day(*day)
+    trigger = trigger_for(Source(name="s", url="u", every=3600.0), "America/New_York")
+    trigger.start_date = start
+    times = fire_times(trigger, start, end)
+    assert len(times) == runs
+    utc = [t.astimezone(ZoneInfo("UTC")) for t in times]  # same-zone subtraction would ignore the offsets
+    assert all((b - a) == timedelta(hours=1) for a, b in zip(utc, utc[1:], strict=False))
+
+
+def test_cron_fires_once_at_a_repeated_local_time_when_clocks_go_back() -> None:
+    start, end = local_day(2026, 11, 1)
+    times = fire_times(LocalCronTrigger("30 1 * * *", "America/New_York"), start, end)
+    assert [t.isoformat() for t in times] == ["2026-11-01T01:30:00-04:00"]
+
+
+def test_cron_skips_a_local_time_that_does_not_exist_when_clocks_go_forward() -> None:
+    start, end = local_day(2026, 3, 8)
+    assert fire_times(LocalCronTrigger("30 2 * * *", "America/New_York"), start, end) == []
+    half_hourly = fire_times(LocalCronTrigger("*/30 * * * *", "America/New_York"), start, end)
+    assert len(half_hourly) == 46
+    assert "2026-03-08T03:00:00-04:00" in [t.isoformat() for t in half_hourly]
+
+
+def test_cron_every_half_hour_fires_each_wall_time_once_on_the_long_day() -> None:
+    start, end = local_day(2026, 11, 1)
+    times = fire_times(LocalCronTrigger("*/30 * * * *", "America/New_York"), start, end)
+    walls = [t.strftime("%H:%M") for t in times]
+    assert len(times) == 48 and len(set(walls)) == 48
+
+
+def test_cron_asked_inside_the_repeated_hour_moves_forward() -> None:
+    trigger = LocalCronTrigger("30 1 * * *", "America/New_York")
+    previous = datetime(2026, 11, 1, 1, 30, tzinfo=NY)  # the first 01:30 (EDT)
+    inside_repeat = datetime(2026, 11, 1, 1, 40, fold=1, tzinfo=NY)  # 01:40 EST
+    assert trigger.get_next_fire_time(previous, inside_repeat) == datetime(2026, 11, 2, 1, 30, tzinfo=NY)
+
+
+def daemon_for(project: Project, api: Api, make_deps, extra: str = "") -> Daemon:
+    config = project.config(seed_config(api, extra))
+    return Daemon(str(config.path), deps=make_deps(config))
+
+
+def test_reload_reschedules_changed_added_and_removed_sources(api: Api, project: Project, make_deps) -> None:
+    api.json("/menu", {"items": []})
+    daemon = daemon_for(project, api, make_deps)
+    assert [j.id for j in daemon.scheduler.get_jobs()] == ["menu"]
+    project.write("config.toml", seed_config(api).replace('every = "5m"', 'every = "1m"').replace(
+        'name = "menu"', 'name = "lunch"') .replace('sources = ["menu"]', 'sources = ["lunch"]')
+        + f'\n[[sources]]\nname = "weather"\nurl = "{api.url}/weather"\ncron = "*/10 * * * *"\n')
+    assert daemon.reload() is True
+    jobs = {j.id: j for j in daemon.scheduler.get_jobs()}
+    assert set(jobs) == {"lunch", "weather"}
+    assert jobs["lunch"].trigger.interval == timedelta(minutes=1)
+    assert isinstance(jobs["weather"].trigger, LocalCronTrigger)
+
+
+def test_reload_with_broken_config_keeps_the_running_one(api: Api, project: Project, make_deps, caplog) -> None:
+    daemon = daemon_for(project, api, make_deps)
+    project.write("config.toml", seed_config(api) + "\nbogus = 1\n")
+    assert daemon.reload() is False
+    assert [j.id for j in daemon.scheduler.get_jobs()] == ["menu"]
+    assert daemon.config.source("menu").every == 300.0
+    assert "reload rejected, keeping the running config: [[feeds]] \"board.html\": unknown key 'bogus'" in caplog.text
+
+
+def test_reload_with_script_syntax_error_is_rejected(api: Api, project: Project, make_deps, caplog) -> None:
+    daemon = daemon_for(project, api, make_deps)
+    project.write("jobs/oauth_token.js", "const x = ;\n")
+    assert daemon.reload() is False
+    assert "menu: jobs/oauth_token.js:1: SyntaxError" in caplog.text
+
+
+def test_daemon_refuses_to_start_with_a_script_syntax_error(api: Api, project: Project, make_deps) -> None:
+    from worker.errors import ConfigError
+
+    project.write("jobs/oauth_token.js", "let a = 1;\nif (a {\n")
+    config = project.config(seed_config(api))
+    with pytest.raises(ConfigError, match=r"^menu: jobs/oauth_token.js:2: SyntaxError"):
+        Daemon(str(config.path), deps=make_deps(config))
+
+
+def test_stale_data_rerenders_feeds_with_the_stale_flag(api: Api, project: Project, make_deps, clock) -> None:
+    api.json("/menu", {"title": "Lunch", "items": []})
+    daemon = daemon_for(project, api, make_deps, 'stale_after = "15m"')
+    daemon.run_job("menu")
+    stale_job = daemon.scheduler.get_job("menu:stale")
+    assert stale_job.trigger.run_date == clock.now + timedelta(minutes=15, milliseconds=10)
+    html_fresh = project.feed("board.html").read_text()
+    api.raw("/menu", b"down", status=500)
+    clock.advance(16 * 60)
+    daemon.run_job("menu")
+    assert project.feed("board.html").read_text() == html_fresh
+    daemon.mark_stale("menu")
+    assert json.loads(project.feed("menu.json").read_text())["stale"] is True
+    assert "stale" in project.feed("board.html").read_text()
+
+
+def test_live_daemon_keeps_a_fast_source_on_time_while_another_spins(api: Api, project: Project, make_deps,
+                                                                   caplog) -> None:
+    """Two sources every second; one's script spins until killed. The other must keep landing on time."""
+    api.json("/menu", {"items": [1]})
+    project.write("jobs/spin.js", "while (true) {}\n")
+    toml = seed_config(api, 'every = "1s"').replace('every = "5m"\n', "") + f"""
+[[sources]]
+name = "spinner"
+url = "{api.url}/menu"
+every = "1s"
+pre_request = "spin.js"
+script_timeout = 2
+"""
+    config = project.config(toml.replace('pre_request = "oauth_token.js"\n', "", 1))
+    daemon = Daemon(str(config.path), deps=make_deps(config))
+    daemon.deps.clock = lambda: datetime.now(NY)
+    starts: list[float] = []
+    original = daemon.run_job
+
+    def timed(name: str):
+        if name == "menu":
+            starts.append(time.monotonic())
+        return original(name)
+
+    daemon.run_job = timed  # type: ignore[method-assign]
+    for source in config.sources:
+        daemon._schedule(source, first_run=datetime.now(NY))
+    done = threading.Event()
+    caplog.set_level(logging.INFO)
+    daemon.scheduler.start()
+    try:
+        done.wait(5.5)
+    finally:
+        daemon.scheduler.shutdown(wait=True)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(starts) >= 5
+    assert max(gaps) < 1.5
+    assert "spinner: pre-request script timed out after 2s (jobs/spin.js)" in caplog.text
+    assert "spinner: previous run still in progress; this run is skipped" in caplog.text
