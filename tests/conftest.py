@@ -13,6 +13,7 @@ import pytest
 
 from worker import config as config_mod
 from worker import fetch
+from worker.auth import TokenManager
 from worker.config import Config
 from worker.pipeline import Deps
 from worker.render import Renderer
@@ -74,6 +75,7 @@ class Api:
 def _handler(api: Api) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes; Nagle would hold the second 40 ms
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -110,7 +112,8 @@ def api() -> Iterator[Api]:
     state = Api()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits up to one interval, paid by every test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     state.routes["/token"] = state.token_endpoint
@@ -204,7 +207,8 @@ def make_deps(scripts: ScriptRunner, clock: FixedClock) -> Iterator[Callable[[Co
     opened: list[Deps] = []
 
     def make(config: Config) -> Deps:
-        deps = Deps(store=Store(config.worker.database), client=fetch.new_client(), scripts=scripts,
+        store, client = Store(config.worker.database), fetch.new_client()
+        deps = Deps(store=store, client=client, scripts=scripts, tokens=TokenManager(store, client, clock),
                     renderer=Renderer(config.worker.templates_dir, config.worker.timezone), clock=clock)
         opened.append(deps)
         return deps

@@ -1,5 +1,6 @@
 """Scheduling: DST-proof triggers, one run per source at a time, reload, stale re-rendering, a live daemon."""
 
+import itertools
 import json
 import logging
 import threading
@@ -8,8 +9,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-
 from conftest import Api, Project, seed_config
+
 from worker.config import Source
 from worker.scheduler import Daemon, LocalCronTrigger, trigger_for
 
@@ -39,7 +40,7 @@ def test_hourly_interval_counts_real_hours_across_dst(day, runs: int) -> None:
     times = fire_times(trigger, start, end)
     assert len(times) == runs
     utc = [t.astimezone(ZoneInfo("UTC")) for t in times]  # same-zone subtraction would ignore the offsets
-    assert all((b - a) == timedelta(hours=1) for a, b in zip(utc, utc[1:], strict=False))
+    assert all((b - a) == timedelta(hours=1) for a, b in itertools.pairwise(utc))
 
 
 def test_cron_fires_once_at_a_repeated_local_time_when_clocks_go_back() -> None:
@@ -164,7 +165,7 @@ script_timeout = 2
         done.wait(5.5)
     finally:
         daemon.scheduler.shutdown(wait=True)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) >= 5
     assert max(gaps) < 1.5
     assert "spinner: pre-request script timed out after 2s (jobs/spin.js)" in caplog.text

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
 from worker import fetch
+from worker.config import AuthBlock
 from worker.errors import FetchError, StoreError
 from worker.secrets import redact
 from worker.store import Store, iso
@@ -32,23 +33,6 @@ MAX_TOKEN_BYTES = 1_000_000
 FORM = "application/x-www-form-urlencoded"
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class AuthBlock:
-    """One [auth.NAME] table, placeholders already substituted."""
-
-    name: str
-    token_url: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    scope: str | None = None
-    client_auth: str = "body"  # "body" | "basic"
-    extra: Mapping[str, str] = field(default_factory=dict)
-    header: str = "Authorization"
-    prefix: str = "Bearer"
-    expired_when: str | None = None
-    default_lifetime: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -130,8 +114,8 @@ def parse_token_response(status: int, headers: Mapping[str, str], body: bytes, b
 
 
 def token_rejected(block: AuthBlock, status: int, body: bytes) -> bool:
-    """Whether a data response says the token no longer works: 401, or a 2xx body containing expired_when."""
-    if status == 401:
+    """Whether a data response says the token no longer works: 401/403, or a 2xx body containing expired_when."""
+    if status in (401, 403):
         return True
     if not block.expired_when or not 200 <= status < 300:
         return False

@@ -109,6 +109,8 @@ def print_test(result: RunResult) -> None:
             print(f"  {name}: {value}")
         if req.get("body"):
             print(f"  body: {preview(req['body'])}")
+    if result.auth_note:
+        print(result.auth_note)
     if result.console:
         print("script console:")
         for level, line in result.console:
@@ -199,8 +201,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from worker.scheduler import Daemon
 
     api = DemoAPI()
-    _server, base_url = api.start(port=args.port)
-    daemon = Daemon(args.config)
+    try:
+        _server, base_url = api.start(port=args.port)
+    except OSError as exc:
+        raise WorkerError(f"cannot start the demo API on 127.0.0.1:{args.port}: {exc.strerror}; "
+                          "is another `signfeed demo` running? Stop it, or free the port") from None
+    try:
+        daemon = Daemon(args.config)
+    except BaseException:
+        api.stop()
+        raise
     feeds = daemon.config.worker.feeds_dir
     print(f"demo API on {base_url}; feeds in {feeds}/ (open {Path(feeds) / 'lobby.html'}); Ctrl-C stops both")
     try:

@@ -47,7 +47,21 @@ SOURCE_DEFAULTS: dict[str, Any] = {
     "script_memory": None,
     "retries": None,
     "max_bytes": None,
+    "auth": None,  # name of an [auth.NAME] block whose token goes on the request
 }
+AUTH_DEFAULTS: dict[str, Any] = {
+    "scope": None,
+    "client_auth": "body",
+    "extra": {},
+    "header": "Authorization",
+    "prefix": "Bearer",
+    "expired_when": None,
+    "default_lifetime": 3600.0,
+}
+AUTH_REQUIRED = ("type", "token_url", "client_id", "client_secret")
+AUTH_TYPES = ("oauth2_client_credentials",)
+# Form fields the token request sets itself; `extra` may not override them.
+AUTH_RESERVED = ("grant_type", "client_id", "client_secret", "scope")
 SOURCE_REQUIRED = ("name", "url")
 FEED_KEYS = ("output", "template", "sources")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
@@ -99,6 +113,24 @@ class Source:
     script_memory: int = 64
     retries: int = 2
     max_bytes: int = 10_000_000
+    auth: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthBlock:
+    """One [auth.NAME] table, placeholders already substituted."""
+
+    name: str
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+    client_auth: str = "body"  # "body" | "basic"
+    extra: Mapping[str, str] = field(default_factory=dict)
+    header: str = "Authorization"
+    prefix: str = "Bearer"
+    expired_when: str | None = None
+    default_lifetime: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +151,7 @@ class Config:
     secrets: Secrets
     sources: tuple[Source, ...]
     feeds: tuple[Feed, ...]
+    auth: Mapping[str, AuthBlock] = field(default_factory=dict)
 
     def source(self, name: str) -> Source:
         """The source called name, or a ConfigError listing the known ones."""
@@ -149,13 +182,14 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
 
 def parse(raw: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> Config:
     """Build a Config from parsed TOML (path anchors relative paths and names the file in errors)."""
-    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds"), f"{path.name}: top level")
+    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds", "auth"), f"{path.name}: top level")
     base = path.parent
     worker = _worker(raw.get("worker", {}), base)
     secrets = _secrets(raw.get("secrets", {}), base, environ)
     sources = tuple(_source(i, s, worker) for i, s in enumerate(_table_list(raw, "sources")))
     feeds = tuple(_feed(i, f) for i, f in enumerate(_table_list(raw, "feeds")))
-    config = Config(path, worker, secrets, sources, feeds)
+    auth = _auth_blocks(raw.get("auth", {}), secrets)
+    config = Config(path, worker, secrets, sources, feeds, auth)
     _check_cross_references(config)
     return config
 
@@ -346,6 +380,7 @@ def _source(index: int, table: Mapping[str, Any], worker: WorkerSettings) -> Sou
         retries=_non_negative_int(merged["retries"] if merged["retries"] is not None else worker.retries,
                                   f"{where}.retries"),
         max_bytes=_inherit(merged, "max_bytes", where, worker, int),
+        auth=_optional_str(merged["auth"], f"{where}.auth"),
     )
 
 
@@ -362,11 +397,12 @@ def _non_negative_number(value: Any, where: str) -> float:
 
 
 def _stale_after(value: Any, where: str, period: float) -> float:
-    if value is None:
-        return 3 * period
-    if isinstance(value, str):
-        return parse_duration(value, f"{where}.stale_after")
-    return _positive(value, f"{where}.stale_after", float)
+    return 3 * period if value is None else _seconds(value, f"{where}.stale_after")
+
+
+def _seconds(value: Any, where: str) -> float:
+    """A duration written "20m" or as a number of seconds."""
+    return parse_duration(value, where) if isinstance(value, str) else _positive(value, where, float)
 
 
 def _optional_str(value: Any, where: str) -> str | None:
@@ -379,6 +415,49 @@ def _body(value: Any, where: str) -> str | None:
     if isinstance(value, dict):
         return json.dumps(value)  # a TOML table is sent as JSON
     raise ConfigError(f"{where}: expected a string or a table, got {value!r}")
+
+
+def _auth_blocks(tables: Any, secrets: Secrets) -> dict[str, AuthBlock]:
+    _expect(tables, dict, "[auth]", "tables written [auth.NAME]")
+    return {name: _auth_block(name, table, secrets) for name, table in tables.items()}
+
+
+def _auth_block(name: str, table: Any, secrets: Secrets) -> AuthBlock:
+    where = f"[auth.{name}]"
+    _expect(table, dict, where, "a table")
+    _reject_unknown(table, (*AUTH_REQUIRED, *AUTH_DEFAULTS), where)
+    for key in AUTH_REQUIRED:
+        if key not in table:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    merged = {**AUTH_DEFAULTS, **table}
+    if merged["type"] not in AUTH_TYPES:
+        raise ConfigError(f"{where}.type: {merged['type']!r} is not supported (supported: {', '.join(AUTH_TYPES)})")
+    if merged["client_auth"] not in ("body", "basic"):
+        raise ConfigError(f'{where}.client_auth: write "body" (id and secret in the form) or "basic" (HTTP Basic)')
+    extra = _string_map(merged["extra"], f"{where}.extra")
+    clash = sorted(set(extra) & set(AUTH_RESERVED))
+    if clash:
+        raise ConfigError(f"{where}.extra: {clash[0]!r} is set by signfeed itself; remove it from extra")
+    keys = ("token_url", "client_id", "client_secret")
+    texts = {k: _expect(merged[k], str, f"{where}.{k}", "a string") for k in keys}
+    for key, text in [*texts.items(), *extra.items()]:
+        missing = secrets.undeclared(text)
+        if missing:
+            raise ConfigError(f"{where}.{key}: uses undeclared placeholder <{missing[0]}>; declare it in [secrets]")
+    sub = secrets.substitute
+    return AuthBlock(
+        name=name,
+        token_url=sub(texts["token_url"]),
+        client_id=sub(texts["client_id"]),
+        client_secret=sub(texts["client_secret"]),
+        scope=sub(_optional_str(merged["scope"], f"{where}.scope") or "") or None,
+        client_auth=merged["client_auth"],
+        extra={k: sub(v) for k, v in extra.items()},
+        header=_expect(merged["header"], str, f"{where}.header", "a header name"),
+        prefix=_expect(merged["prefix"], str, f"{where}.prefix", 'a string such as "Bearer" (or "")'),
+        expired_when=_optional_str(merged["expired_when"], f"{where}.expired_when") or None,
+        default_lifetime=_seconds(merged["default_lifetime"], f"{where}.default_lifetime"),
+    )
 
 
 def _feed(index: int, table: Mapping[str, Any]) -> Feed:
@@ -406,6 +485,10 @@ def _check_cross_references(config: Config) -> None:
     _check_outputs(config)
     for source in config.sources:
         _check_source_files(config, source)
+    for source in config.sources:
+        if source.auth is not None and source.auth not in config.auth:
+            blocks = ", ".join(config.auth) or "none defined"
+            raise ConfigError(f'[[sources]] "{source.name}".auth: no [auth.{source.auth}] block (blocks: {blocks})')
     for feed in config.feeds:
         for name in feed.sources:
             if name not in names:

@@ -12,10 +12,11 @@ from typing import Any, Protocol
 import httpx
 
 from worker import fetch
+from worker.auth import AuthBlock, Token, TokenManager, token_rejected
 from worker.check import shown_path
 from worker.clock import Clock, utcnow
 from worker.config import Config, Feed, Source
-from worker.errors import ScriptError, WorkerError
+from worker.errors import FetchError, ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
 from worker.secrets import redact
@@ -44,6 +45,7 @@ class Deps:
     client: httpx.Client
     scripts: Scripts
     renderer: Renderer
+    tokens: TokenManager
     clock: Clock = utcnow
     sleep: Callable[[float], None] = time.sleep
     # Sources an API told to back off (Retry-After), until when. In memory: a restart re-asks the API once.
@@ -61,11 +63,14 @@ def open_deps(config: Config) -> Deps:
     """Production parts for a config: the database, one shared httpx client, the script helpers, Jinja."""
     from worker.script import ScriptRunner
 
+    store = Store(config.worker.database)
+    client = fetch.new_client()
     return Deps(
-        store=Store(config.worker.database),
-        client=fetch.new_client(),
+        store=store,
+        client=client,
         scripts=ScriptRunner(size=config.worker.concurrency),
         renderer=Renderer(config.worker.templates_dir, config.worker.timezone),
+        tokens=TokenManager(store, client, utcnow),
     )
 
 
@@ -83,6 +88,7 @@ class RunResult:
     data: Any = None
     console: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    auth_note: str | None = None  # where the auth block's token came from, never the token
     written: list[Path] = field(default_factory=list)
     render_errors: list[str] = field(default_factory=list)
 
@@ -132,10 +138,8 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
         return result
     deadline = time.monotonic() + source.timeout
     try:
-        request = _prepare(source, config, deps, masks, result, deadline)
-        result.response = fetch.send_with_retries(
-            deps.client, fetch.build(request), deadline=deadline, max_bytes=source.max_bytes,
-            retries=source.retries, now=started, sleep=deps.sleep)
+        request, token = _prepare(source, config, deps, masks, result, deadline)
+        result.response = _send(source, config, deps, request, token, deadline, masks)
         result.data = fetch.select(fetch.decode_json(result.response), source.select)
         result.status = OK
     except WorkerError as exc:
@@ -162,10 +166,46 @@ def _local(moment: datetime, config: Config) -> str:
     return moment.astimezone(config.worker.tz).strftime("%H:%M:%S")
 
 
+def _send(source: Source, config: Config, deps: Deps, request: dict[str, Any], token: Token | None,
+          deadline: float, masks: _Masks) -> fetch.Response:
+    """Send with retries; a response rejecting the auth block's token gets one retry with a new token."""
+
+    def attempt(request: dict[str, Any]) -> fetch.Response:
+        return fetch.send_with_retries(deps.client, fetch.build(request), deadline=deadline,
+                                       max_bytes=source.max_bytes, retries=source.retries, now=deps.clock(),
+                                       sleep=deps.sleep)
+
+    response = attempt(request)
+    block = config.auth[source.auth] if source.auth else None
+    if block is None or token is None or not token_rejected(block, response.status, response.body):
+        return response
+    deps.tokens.invalidate(block, token.value)
+    retry = _with_token(request, block, deps.tokens.token(block, deadline=deadline), deps.tokens, masks)
+    response = attempt(retry)
+    if token_rejected(block, response.status, response.body):
+        raise FetchError(f"HTTP {response.status} from {response.url} even with a new token from [auth.{block.name}]: "
+                         f"{fetch.preview(response.text)}")
+    return response
+
+
+def _with_token(request: dict[str, Any], block: AuthBlock, token: Token, tokens: TokenManager,
+                masks: _Masks) -> dict[str, Any]:
+    masks.values.add(token.value)
+    name, value = tokens.header_for(block, token)
+    return {**request, "headers": {**request["headers"], name: value}}
+
+
 def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: RunResult,
-             deadline: float) -> dict[str, Any]:
-    """The request to send: the config's, then whatever the pre-request script changed."""
+             deadline: float) -> tuple[dict[str, Any], Token | None]:
+    """The request to send: the config's, its auth block's token, then whatever the pre-request script changed."""
     request = fetch.initial_request(source, config.secrets)
+    token = None
+    if source.auth:
+        block = config.auth[source.auth]
+        token = deps.tokens.token(block, deadline=deadline)
+        request = _with_token(request, block, token, deps.tokens, masks)
+        result.auth_note = (f"token for [auth.{block.name}] {'from cache' if token.from_cache else 'newly fetched'}, "
+                            f"expires {_local(token.expires_at, config)}")
     script_path = config.script_path(source)
     if script_path is not None:
         shown = shown_path(script_path, config)
@@ -176,16 +216,16 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
         # The script's own limit, cut short by the run's deadline so the whole run stays within `timeout`.
         budget = max(0.1, min(source.script_timeout, deadline - time.monotonic()))
         job = ScriptJob(source.name, shown, code, request, timeout=round(budget, 3), memory_mb=source.script_memory)
-        outcome = deps.scripts.run(job, _host_call(source, deps, masks, deadline))
+        outcome = deps.scripts.run(job, _host_call(source, config, deps, masks, deadline))
         result.console = [(level, masks(line)) for level, line in outcome.console]
         result.warnings = lint(job, outcome, config.secrets.secret_values())
         request = outcome.request
     masks.add_headers(request["headers"])
     result.request = _masked_request(request, masks)
-    return request
+    return request, token
 
 
-def _host_call(source: Source, deps: Deps, masks: _Masks, deadline: float) -> HostCall:
+def _host_call(source: Source, config: Config, deps: Deps, masks: _Masks, deadline: float) -> HostCall:
     """The worker side of a script's os.* calls: requests go out through the shared httpx client."""
 
     def call(op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -197,9 +237,22 @@ def _host_call(source: Source, deps: Deps, masks: _Masks, deadline: float) -> Ho
             if pause is not None:
                 deps.paused_until[source.name] = deps.clock() + timedelta(seconds=pause)
             return answer
-        raise ScriptError(f"os.{op} is not available (no [auth] block configured)")
+        if op == "auth_token":
+            return {"token": _script_token(str(args.get("name")), config, deps, masks, deadline)}
+        raise ScriptError(f"os.{op} is not available")
 
     return call
+
+
+def _script_token(name: str, config: Config, deps: Deps, masks: _Masks, deadline: float) -> str:
+    """os.auth.token(name): the same cached token a source with `auth = name` would get."""
+    block = config.auth.get(name)
+    if block is None:
+        known = ", ".join(config.auth) or "none"
+        raise ScriptError(f"os.auth.token({name!r}): no [auth.{name}] block (blocks: {known})")
+    token = deps.tokens.token(block, deadline=deadline)
+    masks.values.add(token.value)
+    return token.value
 
 
 def _masked_request(request: dict[str, Any], masks: _Masks) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class Renderer:
 
     def __init__(self, templates_dir: Path, timezone: str) -> None:
         self.tz = ZoneInfo(timezone)
+        self.shown_dir = templates_dir.name  # errors say "templates/x.html.j2:3", as the operator knows it
         self.timezone = timezone
         loader = jinja2.FileSystemLoader(str(templates_dir))
         # Escaping is decided by what we write, not the template's file name: `.html.j2` must escape too.
@@ -98,11 +99,12 @@ class Renderer:
         try:
             return env.get_template(feed.template).render(context)
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(f"{exc.filename or feed.template}:{exc.lineno}: {exc.message}") from None
+            raise RenderError(f"{self.shown_dir}/{exc.name or feed.template}:{exc.lineno}: {exc.message}") from None
         except jinja2.TemplateNotFound as exc:
             raise RenderError(f"template {exc.name!r} not found") from None
         except Exception as exc:  # a template can raise anything (bad filter input, division by zero, ...)
-            raise RenderError(f"{feed.template}:{_template_line(exc, feed.template)}: {exc.__class__.__name__}: "
+            raise RenderError(f"{self.shown_dir}/{feed.template}:{_template_line(exc, feed.template)}: "
+                              f"{exc.__class__.__name__}: "
                               f"{exc}") from None
 
     def check(self, template: str) -> None:
@@ -110,7 +112,7 @@ class Renderer:
         try:
             self._html.get_template(template)
         except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(f"{exc.filename or template}:{exc.lineno}: {exc.message}") from None
+            raise RenderError(f"{self.shown_dir}/{exc.name or template}:{exc.lineno}: {exc.message}") from None
         except jinja2.TemplateNotFound:
             raise RenderError(f"template {template!r} not found") from None
 

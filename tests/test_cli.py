@@ -1,0 +1,143 @@
+"""The signfeed command: each subcommand's output and exit status, errors as one line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CLIENT_SECRET, Api, Project, seed_config
+from worker import cli
+from worker.demo import DemoAPI
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def menu_project(api: Api, project: Project) -> Path:
+    api.json("/menu", {"title": "Lunch", "items": [{"name": "Soup"}]})
+    return project.config(seed_config(api)).path
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_every_command_has_help_with_an_example(capsys) -> None:
+    for name, example in cli.EXAMPLES.items():
+        with pytest.raises(SystemExit) as info:
+            cli.main([name, "--help"])
+        assert info.value.code == 0
+        assert f"example: {example}" in capsys.readouterr().out
+
+
+def test_test_prints_masked_request_and_response_and_stores_nothing(capsys, menu_project: Path, api: Api) -> None:
+    code, out, _ = run(capsys, "--config", str(menu_project), "test", "menu")
+    assert code == 0
+    assert f"GET {api.url}/menu?store=12" in out
+    assert "  authorization: [redacted]" in out
+    assert "HTTP 200 in " in out and '"title": "Lunch"' in out
+    assert CLIENT_SECRET not in out and "tok-1-abcdef" not in out
+    assert not (menu_project.parent / "feeds").exists()
+
+
+def test_test_exits_1_on_a_non_json_answer(capsys, menu_project: Path, api: Api) -> None:
+    api.raw("/menu", b"<html>login</html>")
+    code, out, _ = run(capsys, "test", "menu", "--config", str(menu_project))
+    assert code == 1
+    assert out.splitlines()[-1] == "FAILED: menu: response is not JSON (text/html; Expecting value at line 1): " \
+                                   "<html>login</html>"
+
+
+def test_pull_then_history_and_status(capsys, menu_project: Path) -> None:
+    code, out, _ = run(capsys, "--config", str(menu_project), "pull")
+    assert (code, out.split(" (")[0]) == (0, "menu: ok")
+    code, out, _ = run(capsys, "--config", str(menu_project), "pull", "menu")
+    assert (code, out.split(" (")[0]) == (0, "menu: unchanged")
+    code, out, _ = run(capsys, "--config", str(menu_project), "history", "menu")
+    assert code == 0 and " unchanged " in out and " ok " in out and "HTTP 200" in out
+    code, out, _ = run(capsys, "--config", str(menu_project), "status")
+    assert code == 0 and out.startswith("menu: last success ")
+    doc = json.loads((menu_project.parent / "feeds" / "menu.json").read_text())
+    assert doc["data"]["title"] == "Lunch"
+
+
+def test_pull_force_rerenders_unchanged_data(capsys, menu_project: Path) -> None:
+    run(capsys, "--config", str(menu_project), "pull")
+    board = menu_project.parent / "feeds" / "board.html"
+    board.write_text("tampered")
+    run(capsys, "--config", str(menu_project), "pull", "--force")
+    assert "<h1>Lunch</h1>" in board.read_text()
+
+
+def test_render_rewrites_feeds_from_stored_snapshots(capsys, menu_project: Path, project: Project) -> None:
+    run(capsys, "--config", str(menu_project), "pull")
+    project.write("templates/board.html.j2", "<b>{{ menu.data.title | upper }}</b>")
+    code, out, _ = run(capsys, "--config", str(menu_project), "render")
+    assert code == 0 and "board.html" in out
+    assert project.feed("board.html").read_text() == "<b>LUNCH</b>"
+
+
+def test_check_reports_script_syntax_and_template_errors_with_file_and_line(capsys, menu_project: Path,
+                                                                           project: Project) -> None:
+    project.write("jobs/oauth_token.js", "const a = 1;\nconst b = ;\n")
+    project.write("templates/board.html.j2", "{% if %}")
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert code == 1
+    assert "error: menu: jobs/oauth_token.js:2: SyntaxError" in out
+    assert "error: feed board.html: templates/board.html.j2:1: Expected an expression" in out
+
+
+def test_check_warns_about_bearer_without_a_space(capsys, menu_project: Path, project: Project) -> None:
+    script = (ROOT / "jobs" / "oauth_token.js").read_text().replace("'Bearer '", "'Bearer'")
+    project.write("jobs/oauth_token.js", script)
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert code == 0
+    assert 'warning: menu: Authorization header "Bearer…" has no space after "Bearer"' in out
+
+
+def test_config_error_is_one_line_on_stderr_and_exit_1(capsys, project: Project) -> None:
+    project.write("config.toml", "[[sources]]\nname = 'x'\n")
+    code, out, err = run(capsys, "--config", str(project.root / "config.toml"), "check")
+    assert (code, out) == (1, "")
+    assert err == "signfeed: [[sources]] \"x\": missing required key 'url'\n"
+
+
+def test_unknown_source_lists_the_known_ones(capsys, menu_project: Path) -> None:
+    code, _, err = run(capsys, "--config", str(menu_project), "test", "nope")
+    assert code == 1 and err.strip().endswith("(sources: menu)")
+
+
+def test_python_dash_m_worker_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "worker", "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "usage: signfeed" in done.stdout
+
+
+def test_bundled_demo_config_pulls_every_source_against_the_demo_api(tmp_path: Path, capsys) -> None:
+    """What `signfeed demo` runs: the bundled config.toml, scripts and templates against the demo API."""
+    import shutil
+
+    for part in ("config.toml", "jobs", "templates"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / part)
+    demo = DemoAPI()
+    try:
+        demo.start(port=8787)
+    except OSError:
+        pytest.skip("port 8787 is taken on this machine (a demo is running)")
+    try:
+        code, out, _ = run(capsys, "--config", str(tmp_path / "config.toml"), "pull")
+        token_requests = demo.count("/oauth2/token")
+    finally:
+        demo.stop()
+    config_sources = [line.split(":")[0] for line in out.splitlines()]
+    assert code == 0, out
+    assert all(": ok (" in line for line in out.splitlines()), out
+    assert set(config_sources) == {"weather", "calendar", "menu", "news", "transit"}
+    assert token_requests == 5
+    feeds = {p.name for p in (tmp_path / "feeds").iterdir()}
+    assert {"weather.html", "rooms.html", "menu.html", "ticker.html", "lobby.html", "weather.json"} <= feeds
+    assert "demo-secret-change-me" not in "".join(p.read_text() for p in (tmp_path / "feeds").iterdir())
