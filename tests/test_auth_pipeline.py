@@ -5,8 +5,8 @@ import logging
 import sqlite3
 
 import pytest
-
 from conftest import CLIENT_ID, CLIENT_SECRET, Api, Project
+
 from worker.cli import print_test
 from worker.pipeline import run_source
 

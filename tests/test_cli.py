@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CLIENT_SECRET, Api, Project, seed_config
+
 from worker import cli
 from worker.demo import DemoAPI
 
