@@ -107,10 +107,15 @@ def _handler(api: Api) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a killed daemon, a deadline) is expected here, not worth a traceback."""
+
+
 @pytest.fixture
 def api() -> Iterator[Api]:
     state = Api()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server = _QuietServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     # A short poll interval: shutdown() waits up to one interval, paid by every test.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)

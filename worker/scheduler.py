@@ -4,6 +4,7 @@ import logging
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
 
@@ -68,6 +69,12 @@ def trigger_for(source: Source, timezone: str) -> BaseTrigger:
     return IntervalTrigger(seconds=int(source.every or 60), timezone=timezone, jitter=int(source.jitter) or None)
 
 
+def _remove_partial_feeds(feeds_dir: Path) -> None:
+    """Temporary files a kill left mid-write; screens never saw them (rename is the only publish)."""
+    for leftover in feeds_dir.glob(".*.tmp") if feeds_dir.is_dir() else ():
+        leftover.unlink(missing_ok=True)
+
+
 def _on_skipped(event: JobSubmissionEvent) -> None:
     log.warning("%s: previous run still in progress; this run is skipped", event.job_id)
 
@@ -82,6 +89,10 @@ class Daemon:
         self._validate(self.config)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        # APScheduler's shutdown holds its job-store lock while it waits for running jobs, so a job that
+        # adds a job then would deadlock it; jobs add under this lock and not at all once closing.
+        self._jobs_lock = threading.Lock()
+        self._closing = False
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=self.config.worker.concurrency)},
             job_defaults=JOB_DEFAULTS,
@@ -125,8 +136,10 @@ class Daemon:
         if state.last_success_at is None:
             return
         due = state.last_success_at + timedelta(seconds=self.config.source(name).stale_after, milliseconds=10)
-        self.scheduler.add_job(self.mark_stale, "date", run_date=max(due, self.deps.clock()), args=(name,),
-                               id=name + STALE_SUFFIX, replace_existing=True)
+        with self._jobs_lock:
+            if not self._closing:
+                self.scheduler.add_job(self.mark_stale, "date", run_date=max(due, self.deps.clock()), args=(name,),
+                                       id=name + STALE_SUFFIX, replace_existing=True)
 
     def mark_stale(self, name: str) -> None:
         try:
@@ -141,6 +154,7 @@ class Daemon:
             signal.signal(signal.SIGTERM, self._signal_stop)
             signal.signal(signal.SIGINT, self._signal_stop)
             signal.signal(signal.SIGHUP, self._signal_reload)
+        _remove_partial_feeds(self.config.worker.feeds_dir)
         self.scheduler.start()
         log.info("signfeed: %d sources scheduled from %s", len(self.config.sources), self.config_path)
         while not self._stop.is_set():
@@ -184,6 +198,8 @@ class Daemon:
         return True
 
     def shutdown(self) -> None:
+        with self._jobs_lock:
+            self._closing = True
         self.scheduler.shutdown(wait=True)
         self.deps.close()
         log.info("signfeed: stopped")
