@@ -61,6 +61,7 @@ def test_pull_then_history_and_status(capsys, menu_project: Path) -> None:
     assert code == 0 and " unchanged " in out and " ok " in out and "HTTP 200" in out
     code, out, _ = run(capsys, "--config", str(menu_project), "status")
     assert code == 0 and out.startswith("menu: last success ")
+    assert "next due " in out
     doc = json.loads((menu_project.parent / "feeds" / "menu.json").read_text())
     assert doc["data"]["title"] == "Lunch"
 

@@ -5,16 +5,19 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from worker import config as config_mod
 from worker.check import check_all
-from worker.config import Config
+from worker.config import Config, Source
 from worker.errors import WorkerError
 from worker.fetch import preview
 from worker.pipeline import Deps, RunResult, open_deps, render_all, run_source
 from worker.render import ago
+from worker.scheduler import Daemon, LocalCronTrigger
 from worker.script import ScriptRunner
+from worker.store import SourceState
 
 log = logging.getLogger("signfeed")
 PREVIEW_BODY = 1500
@@ -62,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; WorkerErrors become one line on stderr and exit status 1."""
     args = _parser().parse_args(argv)
+    # journald stamps each line itself; a person at a terminal gets the time in the line.
+    stamp = "%(asctime)s " if sys.stderr.isatty() else ""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(message)s", stream=sys.stderr)
+                        format=stamp + "%(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
@@ -85,8 +90,6 @@ def _with_deps(args: argparse.Namespace, body: Callable[[Config, Deps], int]) ->
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.scheduler import Daemon
-
     return Daemon(args.config).run()
 
 
@@ -190,15 +193,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             success = (f"{state.last_success_at:%Y-%m-%d %H:%M:%S} ({ago(state.last_success_at, now)})"
                        if state.last_success_at else "never")
             error = f", {state.consecutive_failures} failing: {state.last_error}" if state.last_error else ""
-            print(f"{source.name}: last success {success}{error}")
+            print(f"{source.name}: last success {success}{error}; next due {_next_due(source, config, state, now)}")
         return 0
 
     return _with_deps(args, body)
 
 
+def _next_due(source: Source, config: Config, state: SourceState, now: datetime) -> str:
+    """When the daemon will next pull the source (as far as the database and schedule tell)."""
+    tz = config.worker.tz
+    if source.cron:
+        due = LocalCronTrigger(source.cron, config.worker.timezone).get_next_fire_time(None, now)
+    elif state.last_run_at is not None:
+        due = max(state.last_run_at + timedelta(seconds=source.every or 0), now)
+    else:
+        return "at daemon start"
+    return f"{due.astimezone(tz):%H:%M:%S}" if due else "never"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.demo import DemoAPI
-    from worker.scheduler import Daemon
 
     api = DemoAPI()
     try:
