@@ -160,3 +160,36 @@ def test_secrets_and_tokens_never_reach_feeds_database_logs_or_test_output(api: 
         assert CLIENT_SECRET not in text
         assert not [t for t in ("tok-1-abcdef", "tok-2-abcdef", "tok-3-abcdef") if t in text]
     assert "[log] token is [redacted] secret is [redacted]" in shown
+
+
+def test_a_script_cannot_find_another_sources_secret(api: Api, project: Project, make_deps) -> None:
+    """Source a's script gets its secret; source b's script, run after it in the same helpers, finds no trace."""
+    project.write("jobs/a.js", 'globalThis.stash = "<A_KEY>";\nos.context.set("request.headers.x-key", "<A_KEY>");\n')
+    project.write("jobs/b.js", "const seen = [typeof stash, typeof process, typeof require,\n"
+                               "  Object.getOwnPropertyNames(globalThis).join(',')].join('|');\n"
+                               'os.context.set("request.headers.x-probe", seen);\n')
+    api.json("/a", {})
+    api.json("/b", {})
+    config = project.config(f"""
+[secrets]
+A_KEY = {{ value = "a-only-secret-123" }}
+
+[[sources]]
+name = "a"
+url = "{api.url}/a"
+every = "1m"
+pre_request = "a.js"
+
+[[sources]]
+name = "b"
+url = "{api.url}/b"
+every = "1m"
+pre_request = "b.js"
+""")
+    deps = make_deps(config)
+    for name in ("a", "b", "a", "b"):
+        assert run_source(config.source(name), config, deps).ok
+    probe = api.seen[-1].headers["x-probe"]
+    assert probe.startswith("undefined|undefined|undefined|")
+    assert "a-only-secret-123" not in probe and "stash" not in probe
+    assert api.seen[-2].headers["x-key"] == "a-only-secret-123"
