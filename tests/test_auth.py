@@ -9,12 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, NOW, Api, FixedClock, Reply, Seen, _handler
+from conftest import FIXTURES, NOW, Api, FixedClock, Reply, Seen
 
 from worker import fetch
 from worker.auth import (
@@ -59,20 +58,6 @@ class TokenEndpoint:
     @property
     def count(self) -> int:
         return len(self.requested_at)
-
-
-@pytest.fixture
-def api() -> Iterator[Api]:
-    """conftest's Api and handler, polled every 10 ms so stopping it takes no half second per test."""
-    state = Api()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
