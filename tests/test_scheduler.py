@@ -170,3 +170,16 @@ script_timeout = 2
     assert max(gaps) < 1.5
     assert "spinner: pre-request script timed out after 2s (jobs/spin.js)" in caplog.text
     assert "spinner: previous run still in progress; this run is skipped" in caplog.text
+
+
+def test_first_success_after_a_stale_spell_clears_the_stale_badge(api: Api, project: Project, make_deps,
+                                                                   clock) -> None:
+    api.json("/menu", {"title": "Lunch", "items": []})
+    daemon = daemon_for(project, api, make_deps, 'stale_after = "15m"')
+    daemon.run_job("menu")
+    clock.advance(20 * 60)  # the daemon was down: no runs at all
+    daemon.mark_stale("menu")
+    assert json.loads(project.feed("menu.json").read_text())["stale"] is True
+    assert daemon.run_job("menu").status == "unchanged"
+    assert json.loads(project.feed("menu.json").read_text())["stale"] is False
+    assert "stale" not in project.feed("board.html").read_text()

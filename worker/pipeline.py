@@ -35,6 +35,7 @@ class Scripts(Protocol):
 
     def run(self, job: ScriptJob, host_call: HostCall) -> ScriptOutcome: ...
     def check(self, code: str, path: str) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -53,9 +54,7 @@ class Deps:
 
     def close(self) -> None:
         self.client.close()
-        close = getattr(self.scripts, "close", None)
-        if close is not None:
-            close()
+        self.scripts.close()
         self.store.close()
 
 
@@ -271,7 +270,10 @@ def _prefixed(name: str, message: str) -> str:
 
 def _store_and_publish(source: Source, config: Config, deps: Deps, result: RunResult, force: bool) -> None:
     """Record the run (with a snapshot when the data changed) and rewrite the feeds that changed."""
-    previous_failed = deps.store.last_status(source.name) == FAILED
+    last_status, last_success = deps.store.last_outcome(source.name)
+    # Feeds that show an error or a stale badge must be redrawn on success even when the data is unchanged.
+    shown_bad = last_status == FAILED or (
+        last_success is not None and (result.started_at - last_success).total_seconds() > source.stale_after)
     finished = iso(deps.clock())
     run = Run(source=source.name, started_at=iso(result.started_at), finished_at=finished,
               status=result.status, duration_ms=round(result.duration_ms, 3), error=result.error)
@@ -288,7 +290,7 @@ def _store_and_publish(source: Source, config: Config, deps: Deps, result: RunRe
     if result.status == FAILED:
         # The last good HTML stays byte-identical; only the JSON feed learns about the error.
         publish(config, deps, [source.name], templates=False, result=result)
-    elif snapshot is not None or force or previous_failed:
+    elif snapshot is not None or force or shown_bad:
         publish(config, deps, [source.name], templates=True, result=result)
 
 

@@ -175,11 +175,15 @@ class Store:
                 .order_by(SNAPSHOTS.c.id.desc()).limit(1)
             ).scalar()
 
-    def last_status(self, source: str) -> str | None:
+    def last_outcome(self, source: str) -> tuple[str | None, datetime | None]:
+        """(status of the latest run, when the latest successful run finished), in one query."""
+        last_ok = (select(func.max(RUNS.c.finished_at)).where(RUNS.c.source == source, RUNS.c.status != FAILED)
+                   .scalar_subquery())
         with self._tx() as conn:
-            return conn.execute(
-                select(RUNS.c.status).where(RUNS.c.source == source).order_by(RUNS.c.id.desc()).limit(1)
-            ).scalar()
+            row = conn.execute(
+                select(RUNS.c.status, last_ok).where(RUNS.c.source == source).order_by(RUNS.c.id.desc()).limit(1)
+            ).first()
+        return (row[0], parse_iso(row[1])) if row else (None, None)
 
     def state(self, source: str) -> SourceState:
         """Last success, last error and the failure streak, read from the runs table."""
