@@ -212,9 +212,10 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
             code = config.secrets.substitute(script_path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ScriptError(f"cannot read pre-request script {shown}: {exc.strerror}") from None
-        # The script's own limit, cut short by the run's deadline so the whole run stays within `timeout`.
-        budget = max(0.1, min(source.script_timeout, deadline - time.monotonic()))
-        job = ScriptJob(source.name, shown, code, request, timeout=round(budget, 3), memory_mb=source.script_memory)
+        # The configured limits as written, so the error names the figure the operator set; the script's
+        # own requests still stop at the run deadline.
+        budget = min(source.script_timeout, source.timeout)
+        job = ScriptJob(source.name, shown, code, request, timeout=budget, memory_mb=source.script_memory)
         outcome = deps.scripts.run(job, _host_call(source, config, deps, masks, deadline))
         result.console = [(level, masks(line)) for level, line in outcome.console]
         result.warnings = lint(job, outcome, config.secrets.secret_values())
