@@ -114,3 +114,41 @@ def test_authorization_is_not_sent_to_another_origin_on_redirect() -> None:
                          "params": {}, "body": None})
     fetch.send(client_for(handler), built, deadline=time.monotonic() + 5, max_bytes=100)
     assert [("authorization" in r.headers) for r in seen] == [True, False]
+
+
+def test_api_key_header_is_not_sent_to_another_origin_on_redirect() -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "api.test":
+            return httpx.Response(302, headers={"Location": "http://elsewhere.test/data"})
+        return httpx.Response(200, json={})
+
+    built = fetch.build({"method": "GET", "url": "http://api.test/", "headers": {"X-API-Key": "k", "Cookie": "c=1",
+                                                                               "Accept": "application/json"},
+                         "params": {}, "body": None})
+    fetch.send(client_for(handler), built, deadline=time.monotonic() + 5, max_bytes=100)
+    assert [("x-api-key" in r.headers, "cookie" in r.headers, "accept" in r.headers) for r in seen] == [
+        (True, True, True), (False, False, True)]
+
+
+def test_same_origin_redirect_keeps_credentials() -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/old":
+            return httpx.Response(301, headers={"Location": "/new"})
+        return httpx.Response(200, json={})
+
+    built = fetch.build({"method": "GET", "url": "http://api.test/old", "headers": {"X-API-Key": "k"},
+                         "params": {}, "body": None})
+    fetch.send(client_for(handler), built, deadline=time.monotonic() + 5, max_bytes=100)
+    assert [r.headers.get("x-api-key") for r in seen] == ["k", "k"]
+
+
+def test_redirect_loop_fails_with_one_line() -> None:
+    client = client_for(lambda request: httpx.Response(302, headers={"Location": "/again"}))
+    with pytest.raises(FetchError, match=r"^more than 5 redirects from http://api.test/$"):
+        fetch.send(client, httpx.Request("GET", "http://api.test/x"), deadline=time.monotonic() + 5, max_bytes=100)

@@ -193,3 +193,54 @@ pre_request = "b.js"
     assert probe.startswith("undefined|undefined|undefined|")
     assert "a-only-secret-123" not in probe and "stash" not in probe
     assert api.seen[-2].headers["x-key"] == "a-only-secret-123"
+
+
+def test_api_echoing_a_secret_or_token_is_masked_in_feeds_database_and_test_output(api: Api, project: Project,
+                                                                                  setup, capsys) -> None:
+    from worker.cli import print_test
+
+    config, deps = setup
+    api.routes["/menu"] = lambda seen: (200, {"Content-Type": "application/json"}, json.dumps(
+        {"title": "x", "items": [], "self": f"/menu?key={CLIENT_SECRET}",
+         "echo": {"Authorization": seen.headers["authorization"]}}).encode())
+    run_source(config.source("menu"), config, deps)
+    print_test(run_source(config.source("menu"), config, deps, store=False))
+    doc = feed_json(project)
+    assert doc["data"]["self"] == "/menu?key=[redacted]"
+    assert doc["data"]["echo"] == {"Authorization": "[redacted]"}
+    shown = capsys.readouterr().out + str(db_rows(config, "select data from snapshots"))
+    assert CLIENT_SECRET not in shown and "tok-" not in shown
+
+
+def test_script_printing_its_computed_header_is_masked(api: Api, project: Project, make_deps) -> None:
+    project.write("jobs/basic.js", 'const v = "Basic " + btoa("<CLIENT_ID>:<CLIENT_SECRET>");\n'
+                                   'console.log("computed", v);\nos.context.set("request.headers.authorization", v);\n')
+    api.json("/menu", MENU)
+    config = project.config(seed_config(api).replace("oauth_token.js", "basic.js"))
+    result = run_source(config.source("menu"), config, make_deps(config))
+    assert result.console == [("log", "computed [redacted]")]
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b'{"t": NaN}', "menu: response is not usable JSON (application/json; NaN is not valid JSON"),
+    (b'{"t": 1e400}', "menu: response is not usable JSON (application/json; number 1e400 is out of range)"),
+    (b"[" * 100_000, "menu: response is not usable JSON (application/json; maximum recursion depth"),
+    (b"null", "menu: response is JSON null from"),
+    (b'{"t": "caf\xe9"}', "menu: response is not UTF-8 JSON (application/json; bad byte at 10)"),
+])
+def test_unusable_json_fails_the_run_and_keeps_the_last_good_data(api: Api, project: Project, setup, body: bytes,
+                                                                  error: str) -> None:
+    config, deps = setup
+    run_source(config.source("menu"), config, deps)
+    api.routes["/menu"] = (200, {"Content-Type": "application/json"}, body)
+    result = run_source(config.source("menu"), config, deps)
+    assert result.error.startswith(error)
+    assert feed_json(project)["data"] == MENU
+
+
+def test_control_bytes_from_an_api_never_reach_the_log_or_feed(api: Api, project: Project, setup) -> None:
+    config, deps = setup
+    api.raw("/menu", b"\x1b[2J\x1b]0;pwned\x07 oops", status=500, content_type="application/octet-stream")
+    result = run_source(config.source("menu"), config, deps)
+    assert "\x1b" not in result.error and "\x07" not in result.error
+    assert result.error.endswith("\ufffd[2J\ufffd]0;pwned\ufffd oops")

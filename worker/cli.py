@@ -1,7 +1,6 @@
 """The `signfeed` command: a thin argparse layer over config, pipeline and scheduler."""
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -121,9 +120,9 @@ def print_test(result: RunResult) -> None:
     if result.response:
         resp = result.response
         print(f"HTTP {resp.status} in {resp.elapsed_ms:.0f} ms, {len(resp.body):,} bytes")
-        for name, value in resp.headers.items():
+        for name, value in result.shown_headers.items():
             print(f"  {name}: {value}")
-        text = json.dumps(result.data, ensure_ascii=False, indent=1) if result.ok else resp.text
+        text = result.shown_body
         print(text[:PREVIEW_BODY] + ("\n…" if len(text) > PREVIEW_BODY else ""))
     for warning in result.warnings:
         print(f"warning: {warning}")

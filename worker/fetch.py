@@ -1,6 +1,7 @@
 """HTTP: building the request (pure), sending it with httpx under a size cap, and decoding the JSON."""
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -17,9 +18,14 @@ from worker.secrets import Secrets
 
 USER_AGENT = "signfeed/0.1 (+https://github.com/signfeed)"
 MAX_REDIRECTS = 5
+# Header names whose values are credentials whatever the config calls them: masked when shown, and never
+# carried to another origin by a redirect.
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token")
 PREVIEW_CHARS = 200
 BACKOFF_BASE = 0.5  # seconds before the first retry, doubling each time
 BACKOFF_CAP = 8.0
+# C0 and C1 control characters except tab and newline: an API's body must not drive an operator's terminal.
+_CONTROL = {c: "\ufffd" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0))}
 
 
 @dataclass(frozen=True)
@@ -131,13 +137,11 @@ def send(client: httpx.Client, request: httpx.Request, *, deadline: float, max_b
     request.extensions["timeout"] = httpx.Timeout(remaining, connect=min(remaining, CONNECT_TIMEOUT)).as_dict()
     started = time.perf_counter()
     try:
-        response = client.send(request, stream=True, follow_redirects=True)
+        response = _follow(client, request)
         try:
             body = _read_capped(response, max_bytes, deadline, request)
         finally:
             response.close()
-    except httpx.TooManyRedirects:
-        raise FetchError(f"more than {MAX_REDIRECTS} redirects from {request.url}") from None
     except httpx.ConnectTimeout:
         raise Transient(f"connect to {_origin(request)} timed out") from None
     except httpx.TimeoutException:
@@ -150,6 +154,22 @@ def send(client: httpx.Client, request: httpx.Request, *, deadline: float, max_b
         raise FetchError(f"request to {_origin(request)} failed: {exc.__class__.__name__}: {_reason(exc)}") from None
     headers = {k.lower(): v for k, v in response.headers.items()}
     return Response(response.status_code, headers, body, str(response.url), (time.perf_counter() - started) * 1000)
+
+
+def _follow(client: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """Send, following redirects ourselves: httpx drops only Authorization on a cross-origin hop, and
+    API keys travel in other headers too."""
+    origin = request.url.copy_with(path="/", query=None, fragment=None)
+    for _hop in range(MAX_REDIRECTS + 1):
+        response = client.send(request, stream=True, follow_redirects=False)
+        if response.next_request is None:
+            return response
+        response.close()
+        request = response.next_request
+        if request.url.copy_with(path="/", query=None, fragment=None) != origin:
+            for name in CREDENTIAL_HEADERS:
+                request.headers.pop(name, None)
+    raise FetchError(f"more than {MAX_REDIRECTS} redirects from {origin}")
 
 
 def _remaining(deadline: float, request: httpx.Request, phase: str) -> float:
@@ -212,21 +232,39 @@ def decode_json(response: Response) -> Any:
     """The body as JSON, or a FetchError saying what came instead (status, content type, a preview)."""
     if not 200 <= response.status < 300:
         raise FetchError(f"HTTP {response.status} from {response.url}: {preview(response.text)}")
-    text = response.body.decode("utf-8-sig", errors="replace")
+    kind = response.headers.get("content-type", "no content-type")
+    try:
+        text = response.body.decode("utf-8-sig")  # RFC 8259: JSON between systems is UTF-8
+    except UnicodeDecodeError as exc:
+        raise FetchError(f"response is not UTF-8 JSON ({kind}; bad byte at {exc.start}): "
+                         f"{preview(response.text)}") from None
     if not text.strip():
         raise FetchError(f"HTTP {response.status} with an empty body from {response.url}; expected JSON")
     try:
-        return json.loads(text)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
-        kind = response.headers.get("content-type", "no content-type")
-        raise FetchError(
-            f"response is not JSON ({kind}; {exc.msg} at line {exc.lineno}): {preview(text)}"
-        ) from None
+        raise FetchError(f"response is not JSON ({kind}; {exc.msg} at line {exc.lineno}): {preview(text)}") from None
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, 1e400, huge integers, absurd nesting
+        raise FetchError(f"response is not usable JSON ({kind}; {str(exc).splitlines()[0][:120]})") from None
+    if data is None:
+        raise FetchError(f"response is JSON null from {response.url}; keeping the last good data")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (screens could not parse the feed)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
-    """One line of at most limit characters, for error messages."""
-    flat = " ".join(text.split())
+    """One line of at most limit characters, for error messages; control bytes shown as �, never sent to a terminal."""
+    flat = " ".join(text.translate(_CONTROL).split())
     return flat if len(flat) <= limit else flat[:limit] + "…"
 
 

@@ -24,10 +24,10 @@ from worker.store import FAILED, OK, SKIPPED, UNCHANGED, Run, Snapshot, Store, e
 
 log = logging.getLogger(__name__)
 
-# Header names whose values are credentials whatever the config calls them.
-SENSITIVE_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token")
+SENSITIVE_HEADERS = fetch.CREDENTIAL_HEADERS
 # JSON keys in responses to a script's own requests (token endpoints) whose values must be masked from then on.
 TOKEN_KEYS = ("access_token", "id_token", "refresh_token", "token")
+SHOWN_BODY = 2000
 
 
 class Scripts(Protocol):
@@ -88,6 +88,8 @@ class RunResult:
     console: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     auth_note: str | None = None  # where the auth block's token came from, never the token
+    shown_headers: dict[str, str] = field(default_factory=dict)  # response headers, masked
+    shown_body: str = ""  # the start of the response (data when ok), masked
     written: list[Path] = field(default_factory=list)
     render_errors: list[str] = field(default_factory=list)
 
@@ -120,6 +122,22 @@ class _Masks:
     def __call__(self, text: str) -> str:
         return redact(text, sorted(self.values, key=len, reverse=True))
 
+    def scrub(self, data: Any) -> Any:
+        """API data with every secret or token it echoes masked (a `self` link carrying ?api_key=...)."""
+        text = json.dumps(data, ensure_ascii=False)
+        if not any(v in text or json.dumps(v)[1:-1] in text for v in self.values if len(v) >= 4):
+            return data
+        return self._walk(data)
+
+    def _walk(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return self(data)
+        if isinstance(data, list):
+            return [self._walk(item) for item in data]
+        if isinstance(data, dict):
+            return {self(key): self._walk(value) for key, value in data.items()}
+        return data
+
 
 def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True, force: bool = False) -> RunResult:
     """Pull one source: run its script, send the request, store a new snapshot, re-render its feeds.
@@ -139,7 +157,7 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
     try:
         request, token = _prepare(source, config, deps, masks, result, deadline)
         result.response = _send(source, config, deps, request, token, deadline, masks)
-        result.data = fetch.select(fetch.decode_json(result.response), source.select)
+        result.data = masks.scrub(fetch.select(fetch.decode_json(result.response), source.select))
         result.status = OK
     except WorkerError as exc:
         if isinstance(exc, fetch.RateLimited):
@@ -147,6 +165,10 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
         result.error = masks(_prefixed(source.name, _rate_limit_note(source, config, deps, started, str(exc))))
         result.console = [(level, masks(line)) for level, line in getattr(exc, "console", result.console)]
     result.duration_ms = (time.perf_counter() - clock_start) * 1000
+    if result.response is not None:
+        result.shown_headers = {k: masks(v) for k, v in result.response.headers.items()}
+        body = json.dumps(result.data, ensure_ascii=False, indent=1) if result.ok else result.response.text
+        result.shown_body = masks(body[:SHOWN_BODY])
     if store and result.status != SKIPPED:
         _store_and_publish(source, config, deps, result, force)
     _log(result)
@@ -217,6 +239,7 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
         budget = min(source.script_timeout, source.timeout)
         job = ScriptJob(source.name, shown, code, request, timeout=budget, memory_mb=source.script_memory)
         outcome = deps.scripts.run(job, _host_call(source, config, deps, masks, deadline))
+        masks.add_headers(outcome.request["headers"])  # before the console: a script may print its header
         result.console = [(level, masks(line)) for level, line in outcome.console]
         result.warnings = lint(job, outcome, config.secrets.secret_values())
         request = outcome.request

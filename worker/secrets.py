@@ -1,5 +1,6 @@
 """Placeholder substitution (`<NAME>`) and redaction of secret values from anything shown or stored."""
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,6 @@ def redact(text: str, values: Iterable[str]) -> str:
     for value in values:
         if len(value) < MIN_REDACT_LEN:
             continue
-        for form in {value, quote(value, safe=""), quote_plus(value)}:
+        for form in {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}:
             text = text.replace(form, REDACTED)
     return text
