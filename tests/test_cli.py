@@ -104,7 +104,7 @@ def test_config_error_is_one_line_on_stderr_and_exit_1(capsys, project: Project)
     project.write("config.toml", "[[sources]]\nname = 'x'\n")
     code, out, err = run(capsys, "--config", str(project.root / "config.toml"), "check")
     assert (code, out) == (1, "")
-    assert err == "signfeed: [[sources]] \"x\": missing required key 'url'\n"
+    assert err == "signfeed: config.toml: [[sources]] \"x\": missing required key 'url'\n"
 
 
 def test_unknown_source_lists_the_known_ones(capsys, menu_project: Path) -> None:

@@ -74,6 +74,11 @@ ERRORS = [
     (MINIMAL + '[[feeds]]\noutput = "../x.html"\ntemplate = "a.j2"\nsources = ["menu"]\n', "must be a plain file name"),
     (MINIMAL + '[[feeds]]\noutput = "menu.json"\ntemplate = "board.html.j2"\nsources = ["menu"]\n', "clashes"),
     ("[worker\n", "not valid TOML"),
+    ("worker = 5\n" + MINIMAL, "[worker]: expected a table, got 5"),
+    ("secrets = 5\n" + MINIMAL, "[secrets]: expected a table, got 5"),
+    ("[worker]\ntimeout = inf\n" + MINIMAL, "[worker] timeout: inf is out of range"),
+    ("[worker]\ntimeout = nan\n" + MINIMAL, "[worker] timeout: nan is out of range"),
+    (MINIMAL.replace('every = "5m"', 'every = "99999999999999999999d"'), "is longer than a year"),
 ]
 
 
@@ -83,6 +88,23 @@ def test_config_mistakes_give_one_clear_line(project, toml: str, message: str) -
         load(project, toml)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_config_errors_name_the_file(project) -> None:
+    with pytest.raises(ConfigError, match=r"^config.toml: \[worker\]: unknown key 'timout'"):
+        load(project, "[worker]\ntimout = 5\n" + MINIMAL)
+
+
+def test_non_utf8_script_is_a_one_line_config_error(project) -> None:
+    project.write("jobs/latin1.js", "")
+    (project.root / "jobs/latin1.js").write_bytes("// caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"pre-request script .*latin1.js is not UTF-8 \(byte 6\); save it as UTF-8"):
+        load(project, MINIMAL + 'pre_request = "latin1.js"\n')
+
+
+def test_config_path_that_is_a_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config_mod.load(tmp_path)
 
 
 def test_missing_config_file_says_how_to_point_at_one(tmp_path: Path) -> None:

@@ -244,3 +244,17 @@ def test_control_bytes_from_an_api_never_reach_the_log_or_feed(api: Api, project
     result = run_source(config.source("menu"), config, deps)
     assert "\x1b" not in result.error and "\x07" not in result.error
     assert result.error.endswith("\ufffd[2J\ufffd]0;pwned\ufffd oops")
+
+
+@pytest.mark.parametrize("secret", ['pa"ss\\word', "pass\tword", "it's-`${x}`"])
+def test_secret_with_quotes_or_backslashes_reaches_the_script_exactly(api: Api, project: Project, make_deps,
+                                                                      secret: str) -> None:
+    project.write("jobs/echo.js", 'os.context.set("request.headers.x-a", "<KEY>");\n'
+                                  "os.context.set('request.headers.x-b', '<KEY>');\n"
+                                  "os.context.set('request.headers.x-c', `<KEY>`);\n")
+    api.json("/menu", MENU)
+    config = project.config(seed_config(api).replace("oauth_token.js", "echo.js").replace(
+        "[secrets]", f"[secrets]\nKEY = {{ value = {json.dumps(secret)} }}"))
+    assert run_source(config.source("menu"), config, make_deps(config)).ok
+    headers = api.seen[-1].headers
+    assert headers["x-a"] == headers["x-b"] == headers["x-c"] == secret

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from worker.config import Config, Source
+from worker.config import Config, Source, read_text
 from worker.errors import ConfigError, WorkerError
 from worker.render import Renderer
 from worker.script import ScriptJob, ScriptRunner, lint
@@ -18,7 +18,7 @@ def script_job(source: Source, config: Config) -> ScriptJob | None:
     path = config.script_path(source)
     if path is None:
         return None
-    code = config.secrets.substitute(path.read_text(encoding="utf-8"))
+    code = config.secrets.substitute_js(read_text(path, "pre-request script"))
     return ScriptJob(source.name, shown_path(path, config), code, {}, timeout=source.script_timeout,
                      memory_mb=source.script_memory)
 

@@ -1,6 +1,7 @@
 """config.toml → one frozen Config, validated in one place with errors that name the table, key and fix."""
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -68,6 +69,8 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 OUTPUT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_DURATION = 366 * 86400
+MAX_NUMBER = 10**12  # beyond any sane timeout, size or count; keeps timedelta and sleep arithmetic finite
 
 
 @dataclass(frozen=True)
@@ -171,13 +174,26 @@ class Config:
 def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, resolve and validate config.toml; the only place signfeed reads the environment."""
     path = Path(path).resolve()
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file; pass --config PATH or create it")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass --config PATH or create it") from None
+        raw = tomllib.loads(read_text(path, "config file"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw, path, os.environ if environ is None else environ)
+    try:
+        return parse(raw, path, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from None
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file, or a ConfigError saying which file and what to do."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def parse(raw: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> Config:
@@ -217,6 +233,7 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str, hint: str) ->
 
 
 def _worker(table: Mapping[str, Any], base: Path) -> WorkerSettings:
+    _expect(table, dict, "[worker]", "a table")
     _reject_unknown(table, tuple(WORKER_DEFAULTS), "[worker]")
     merged = {**WORKER_DEFAULTS, **table}
     tz = _expect(merged["timezone"], str, "[worker] timezone", 'an IANA name such as "Europe/Berlin"')
@@ -242,6 +259,8 @@ def _worker(table: Mapping[str, Any], base: Path) -> WorkerSettings:
 def _positive(value: Any, where: str, kind: type) -> Any:
     allowed = (int, float) if kind is float else (int,)
     _expect(value, allowed, where, f"a positive {'number' if kind is float else 'whole number'}")
+    if not math.isfinite(value) or value > MAX_NUMBER:
+        raise ConfigError(f"{where}: {value!r} is out of range")
     if value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
     return kind(value)
@@ -265,6 +284,7 @@ def _database_url(url: str, base: Path) -> str:
 
 
 def _secrets(table: Mapping[str, Any], base: Path, environ: Mapping[str, str]) -> Secrets:
+    _expect(table, dict, "[secrets]", "a table")
     values: dict[str, str] = {}
     secret: set[str] = set()
     for name, spec in table.items():
@@ -295,6 +315,8 @@ def _secret_value(spec: Mapping[str, Any], where: str, base: Path, environ: Mapp
     try:
         # One trailing newline is what editors and `echo` add; it is never part of a secret.
         return file.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {file} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {file}: {exc.strerror}; create it (chmod 600)") from None
 
@@ -308,6 +330,8 @@ def parse_duration(text: str, where: str) -> float:
     total = days * 86400 + hours * 3600 + minutes * 60 + seconds
     if total < 1:
         raise ConfigError(f"{where}: must be at least 1s")
+    if total > MAX_DURATION:
+        raise ConfigError(f"{where}: {text!r} is longer than a year; use cron for rare schedules")
     return float(total)
 
 
@@ -514,7 +538,7 @@ def _check_source_files(config: Config, source: Source) -> None:
     if script is not None:
         if not script.is_file():
             raise ConfigError(f"{where}.pre_request: {script} not found; put the script in {config.worker.jobs_dir}")
-        texts.append(script.read_text(encoding="utf-8"))
+        texts.append(read_text(script, "pre-request script"))
     missing = sorted({n for t in texts for n in config.secrets.undeclared(t)})
     if missing:
         raise ConfigError(

@@ -27,6 +27,14 @@ class Secrets:
             return text
         return PLACEHOLDER.sub(lambda m: self.values.get(m.group(1), m.group(0)), text)
 
+    def substitute_js(self, code: str) -> str:
+        """Substitute into JavaScript: values are escaped so that inside any string literal ('', "", ``) they
+        stay exactly themselves: a secret with a quote or backslash neither breaks the script nor changes."""
+        if "<" not in code:
+            return code
+        return PLACEHOLDER.sub(lambda m: _js_escape(self.values[m.group(1)]) if m.group(1) in self.values
+                               else m.group(0), code)
+
     def undeclared(self, text: str) -> list[str]:
         """Capitalised `<NAME>` placeholders in text that [secrets] does not declare."""
         return sorted({n for n in UNDECLARED_CANDIDATE.findall(text) if n not in self.values})
@@ -35,6 +43,11 @@ class Secrets:
         """The values to mask, longest first so a secret containing another is masked whole."""
         found = {self.values[n] for n in self.secret if len(self.values[n]) >= MIN_REDACT_LEN}
         return sorted(found, key=len, reverse=True)
+
+
+def _js_escape(value: str) -> str:
+    escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+    return escaped.replace("'", "\\u0027").replace("`", "\\u0060").replace("${", "\\u0024{")
 
 
 def redact(text: str, values: Iterable[str]) -> str:
