@@ -96,7 +96,8 @@ def test_reload_with_broken_config_keeps_the_running_one(api: Api, project: Proj
     assert daemon.reload() is False
     assert [j.id for j in daemon.scheduler.get_jobs()] == ["menu"]
     assert daemon.config.source("menu").every == 300.0
-    assert "reload rejected, keeping the running config: config.toml: [[feeds]] \"board.html\": unknown key 'bogus'" in caplog.text
+    assert ("reload rejected, keeping the running config: config.toml: [[feeds]] \"board.html\": "
+            "unknown key 'bogus'") in caplog.text
 
 
 def test_reload_with_script_syntax_error_is_rejected(api: Api, project: Project, make_deps, caplog) -> None:
