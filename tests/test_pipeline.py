@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 from conftest import CLIENT_SECRET, Api, Project, seed_config
@@ -258,3 +259,33 @@ def test_secret_with_quotes_or_backslashes_reaches_the_script_exactly(api: Api, 
     assert run_source(config.source("menu"), config, make_deps(config)).ok
     headers = api.seen[-1].headers
     assert headers["x-a"] == headers["x-b"] == headers["x-c"] == secret
+
+
+def test_unwritable_feeds_folder_is_reported_and_retried_on_the_next_success(api: Api, project: Project,
+                                                                             make_deps) -> None:
+    project.write("feeds", "a file where the folder should be")
+    api.json("/menu", MENU)
+    config = project.config(seed_config(api))
+    deps = make_deps(config)
+    result = run_source(config.source("menu"), config, deps)
+    assert result.status == "ok"
+    assert result.render_errors[0].startswith(f"feed menu.json: cannot write {project.root}/feeds/menu.json: ")
+    (project.root / "feeds").unlink()
+    assert run_source(config.source("menu"), config, deps).status == "unchanged"
+    assert feed_json(project)["data"] == MENU
+    assert "<h1>Lunch</h1>" in project.feed("board.html").read_text()
+
+
+def test_render_with_an_emptied_database_keeps_the_feeds_on_disk(api: Api, project: Project, setup,
+                                                                make_deps) -> None:
+    from worker.pipeline import render_all
+
+    config, deps = setup
+    run_source(config.source("menu"), config, deps)
+    before = {p: project.feed(p).read_bytes() for p in ("menu.json", "board.html")}
+    deps.store.close()
+    db = config.worker.database.removeprefix("sqlite:///")
+    for suffix in ("", "-wal", "-shm"):
+        Path(db + suffix).unlink(missing_ok=True)
+    render_all(config, make_deps(config))
+    assert {p: project.feed(p).read_bytes() for p in before} == before

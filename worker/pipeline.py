@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,7 +16,7 @@ from worker import fetch
 from worker.auth import AuthBlock, Token, TokenManager, token_rejected
 from worker.check import shown_path
 from worker.clock import Clock, utcnow
-from worker.config import Config, Feed, Source, read_text
+from worker.config import Config, Source, read_text
 from worker.errors import FetchError, ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
@@ -51,6 +52,7 @@ class Deps:
     sleep: Callable[[float], None] = time.sleep
     # Sources an API told to back off (Retry-After), until when. In memory: a restart re-asks the API once.
     paused_until: dict[str, datetime] = field(default_factory=dict)
+    unpublished: set[str] = field(default_factory=set)  # sources whose feeds the last attempt failed to write
 
     def close(self) -> None:
         self.client.close()
@@ -311,7 +313,7 @@ def _store_and_publish(source: Source, config: Config, deps: Deps, result: RunRe
     if result.status == FAILED:
         # The last good HTML stays byte-identical; only the JSON feed learns about the error.
         publish(config, deps, [source.name], templates=False, result=result)
-    elif snapshot is not None or force or shown_bad:
+    elif snapshot is not None or force or shown_bad or source.name in deps.unpublished:
         publish(config, deps, [source.name], templates=True, result=result)
 
 
@@ -331,30 +333,39 @@ def publish(config: Config, deps: Deps, names: Iterable[str], *, templates: bool
     """Write the JSON feeds of these sources and, with templates, every [[feeds]] file that uses them."""
     now = deps.clock()
     names = list(names)
+    result = result if result is not None else RunResult("*", OK, now)
     views = {name: source_view(config, deps.store, name, now) for name in names}
-    written: list[Path] = []
+    done = True
     for name, view in views.items():
-        path = config.worker.feeds_dir / f"{name}.json"
-        write_atomic(path, json_feed(view, now))
-        written.append(path)
-    feeds: list[Feed] = [f for f in config.feeds if templates and set(f.sources) & set(names)]
-    for feed in feeds:
-        for name in feed.sources:
-            views.setdefault(name, source_view(config, deps.store, name, now))
-        try:
-            text = deps.renderer.render(feed, {n: views[n] for n in feed.sources}, now)
-        except WorkerError as exc:
-            message = f"feed {feed.output}: {exc}; the previous file stays"
-            log.error("%s", message)
-            if result is not None:
-                result.render_errors.append(message)
-            continue
-        path = config.worker.feeds_dir / feed.output
-        write_atomic(path, text)
-        written.append(path)
-    if result is not None:
-        result.written.extend(written)
-    return written
+        done &= _write(config.worker.feeds_dir / f"{name}.json", partial(json_feed, view, now),
+                       view.data is not None, result)
+    for feed in (f for f in config.feeds if templates and set(f.sources) & set(names)):
+        shown = {n: views.get(n) or source_view(config, deps.store, n, now) for n in feed.sources}
+        done &= _write(config.worker.feeds_dir / feed.output,
+                       partial(deps.renderer.render, feed, shown, now),
+                       any(v.data is not None for v in shown.values()), result)
+    # A feed that could not be written is retried by the source's next success, even with unchanged data.
+    (deps.unpublished.difference_update if done else deps.unpublished.update)(names)
+    return result.written
+
+
+def _write(path: Path, make: Callable[[], str], has_data: bool, result: RunResult) -> bool:
+    """Render and atomically write one feed file; a failure leaves the previous file and is reported."""
+    if not has_data and path.exists():
+        # No stored data (a new or emptied database): the file on screen is better than "waiting for data".
+        return True
+    try:
+        write_atomic(path, make())
+    except WorkerError as exc:
+        message = f"feed {path.name}: {exc}; the previous file stays"
+    except OSError as exc:
+        message = f"feed {path.name}: cannot write {path}: {exc.strerror}; the previous file stays"
+    else:
+        result.written.append(path)
+        return True
+    log.error("%s", message)
+    result.render_errors.append(message)
+    return False
 
 
 def render_all(config: Config, deps: Deps) -> RunResult:
