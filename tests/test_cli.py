@@ -142,3 +142,12 @@ def test_bundled_demo_config_pulls_every_source_against_the_demo_api(tmp_path: P
     feeds = {p.name for p in (tmp_path / "feeds").iterdir()}
     assert {"weather.html", "rooms.html", "menu.html", "ticker.html", "lobby.html", "weather.json"} <= feeds
     assert "demo-secret-change-me" not in "".join(p.read_text() for p in (tmp_path / "feeds").iterdir())
+
+
+def test_check_reports_a_feeds_folder_that_cannot_be_created(capsys, menu_project: Path, project: Project) -> None:
+    project.write("blocker", "a file")
+    text = (menu_project).read_text()
+    menu_project.write_text('[worker]\nfeeds_dir = "blocker/feeds"\n' + text)
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert code == 1
+    assert f"error: [worker] feeds_dir: cannot create {project.root}/blocker/feeds: Not a directory" in out

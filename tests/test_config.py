@@ -74,6 +74,7 @@ ERRORS = [
     (MINIMAL + '[[feeds]]\noutput = "../x.html"\ntemplate = "a.j2"\nsources = ["menu"]\n', "must be a plain file name"),
     (MINIMAL + '[[feeds]]\noutput = "menu.json"\ntemplate = "board.html.j2"\nsources = ["menu"]\n', "clashes"),
     ("[worker\n", "not valid TOML"),
+    (MINIMAL.replace('every = "5m"', 'cron = "0 0 31 2 *"'), "never fires (e.g. 31 February)"),
     ("worker = 5\n" + MINIMAL, "[worker]: expected a table, got 5"),
     ("secrets = 5\n" + MINIMAL, "[secrets]: expected a table, got 5"),
     ("[worker]\ntimeout = inf\n" + MINIMAL, "[worker] timeout: inf is out of range"),

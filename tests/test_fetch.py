@@ -152,3 +152,9 @@ def test_redirect_loop_fails_with_one_line() -> None:
     client = client_for(lambda request: httpx.Response(302, headers={"Location": "/again"}))
     with pytest.raises(FetchError, match=r"^more than 5 redirects from http://api.test/$"):
         fetch.send(client, httpx.Request("GET", "http://api.test/x"), deadline=time.monotonic() + 5, max_bytes=100)
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://api.test/x", "http://", 123])
+def test_unsendable_url_says_what_a_url_must_look_like(url) -> None:
+    with pytest.raises(FetchError, match=r"^invalid URL .*: write http:// or https:// followed by a host$"):
+        fetch.build({"method": "GET", "url": url, "headers": {}, "params": {}, "body": None})

@@ -1,5 +1,6 @@
 """`signfeed check` and start-up validation: script syntax and templates, each problem with file and line."""
 
+import os
 from pathlib import Path
 
 from worker.config import Config, Source, read_text
@@ -54,10 +55,25 @@ def check_templates(config: Config) -> list[str]:
     return problems
 
 
+def check_folders(config: Config) -> list[str]:
+    """The folders signfeed writes must exist or be creatable, and be writable, before the first pull."""
+    problems = []
+    database_dir = Path(config.worker.database.removeprefix("sqlite:///")).parent
+    for what, folder in (("feeds_dir", config.worker.feeds_dir), ("database folder", database_dir)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"[worker] {what}: cannot create {folder}: {exc.strerror}")
+            continue
+        if not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"[worker] {what}: {folder} is not writable by this user")
+    return problems
+
+
 def check_all(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:
     """(problems, warnings) for a loaded config."""
     problems, warnings = check_scripts(config, runner)
-    return problems + check_templates(config), warnings
+    return check_folders(config) + problems + check_templates(config), warnings
 
 
 def require_valid(config: Config, runner: ScriptRunner) -> list[str]:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from worker import config as config_mod
+from worker import fetch
 from worker.check import check_all
 from worker.config import Config, Source
 from worker.errors import WorkerError
@@ -69,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=stamp + "%(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # signfeed logs skipped overlaps itself, with the source name; APScheduler's own line would repeat it.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    if args.command not in ("run", "demo") and not args.verbose:
+        # One-shot commands print each result themselves; the pipeline's log lines would say it twice.
+        logging.getLogger("worker.pipeline").setLevel(logging.CRITICAL)
     try:
         return COMMANDS[args.command](args)
     except WorkerError as exc:
@@ -77,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"signfeed: internal error: {exc.__class__.__name__}: {fetch.preview(str(exc))} "
+              "(run with -v for the traceback, and please report it)", file=sys.stderr)
+        return 2
 
 
 def _with_deps(args: argparse.Namespace, body: Callable[[Config, Deps], int]) -> int:
@@ -173,12 +184,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     def body(config: Config, deps: Deps) -> int:
         name = config.source(args.source).name
-        print(f"runs of {name} (newest first):")
+        print(f"runs of {name} (newest first, times in {config.worker.timezone}):")
+        tz = config.worker.tz
         for run in deps.store.runs(name, args.limit):
-            print(f"  {run.started_at[:19]}  {run.status:<9} {run.duration_ms:>8.0f} ms  {run.error or ''}")
-        print("snapshots:")
+            started = datetime.fromisoformat(run.started_at).astimezone(tz)
+            print(f"  {started:%Y-%m-%d %H:%M:%S}  {run.status:<9} {run.duration_ms:>8.0f} ms  {run.error or ''}")
+        print(f"snapshots (times in {config.worker.timezone}):")
         for snap in deps.store.snapshots(name, args.limit):
-            print(f"  {snap.fetched_at[:19]}  HTTP {snap.http_status}  {snap.data:>8} bytes  {snap.content_hash[:12]}")
+            fetched = datetime.fromisoformat(snap.fetched_at).astimezone(tz)
+            print(f"  {fetched:%Y-%m-%d %H:%M:%S}  HTTP {snap.http_status}  {snap.data:>8} characters  "
+                  f"{snap.content_hash[:12]}")
         return 0
 
     return _with_deps(args, body)
@@ -189,7 +204,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         now = deps.clock()
         for source in config.sources:
             state = deps.store.state(source.name)
-            success = (f"{state.last_success_at:%Y-%m-%d %H:%M:%S} ({ago(state.last_success_at, now)})"
+            success = (f"{state.last_success_at.astimezone(config.worker.tz):%Y-%m-%d %H:%M:%S} "
+                       f"({ago(state.last_success_at, now)})"
                        if state.last_success_at else "never")
             error = f", {state.consecutive_failures} failing: {state.last_error}" if state.last_error else ""
             print(f"{source.name}: last success {success}{error}; next due {_next_due(source, config, state, now)}")

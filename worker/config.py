@@ -348,15 +348,18 @@ def _schedule(table: Mapping[str, Any], where: str, tz: ZoneInfo) -> tuple[float
         trigger = CronTrigger.from_crontab(cron, timezone=tz)
     except ValueError as exc:
         raise ConfigError(f"{where}.cron: {cron!r} is not a valid crontab line ({exc})") from None
-    return None, cron, _cron_period(trigger, tz)
+    try:
+        return None, cron, _cron_period(trigger, tz)
+    except ConfigError:
+        raise ConfigError(f"{where}.cron: {cron!r} never fires (e.g. 31 February); fix the day or month") from None
 
 
 def _cron_period(trigger: CronTrigger, tz: ZoneInfo) -> float:
     first = trigger.get_next_fire_time(None, datetime.now(tz))
-    second = trigger.get_next_fire_time(first, first) if first else None
-    if first is None or second is None:
-        return 86400.0
-    return max((second - first).total_seconds(), 1.0)
+    if first is None:
+        raise ConfigError(f"cron {trigger} never fires (e.g. 31 February); fix the day or month field")
+    second = trigger.get_next_fire_time(first, first)
+    return max((second - first).total_seconds(), 1.0) if second else 86400.0
 
 
 def _string_map(value: Any, where: str) -> dict[str, str]:

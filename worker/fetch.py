@@ -67,6 +67,9 @@ def build(request: Mapping[str, Any]) -> httpx.Request:
     """The httpx request for a request dict ({method, url, headers, params, body})."""
     headers = merge_headers({"User-Agent": USER_AGENT, **request["headers"]})
     body = request.get("body")
+    url = request.get("url")
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")) or url[-2:] == "//":
+        raise FetchError(f"invalid URL {str(url)[:100]!r}: write http:// or https:// followed by a host")
     try:
         return httpx.Request(
             request["method"],
@@ -125,6 +128,16 @@ def check_rate_limit(status: int, headers: Mapping[str, str], now: datetime) -> 
     if status == 503 and wait:  # "retry after 0 s" is an ordinary transient failure
         return wait
     return None
+
+
+def _check_url(url: Any) -> None:
+    """A URL httpx can send to, or a FetchError that says what a URL must look like."""
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else None
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise FetchError(f"invalid URL {str(url)[:100]!r}: write http:// or https:// followed by a host")
 
 
 def send(client: httpx.Client, request: httpx.Request, *, deadline: float, max_bytes: int) -> Response:

@@ -1,6 +1,7 @@
 """The daemon: APScheduler fires each source's run_source on its schedule; signals stop or reload it."""
 
 import logging
+import os
 import signal
 import threading
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from worker import config as config_mod
 from worker.check import require_valid
 from worker.config import Config, Source
 from worker.errors import WorkerError
-from worker.pipeline import Deps, RunResult, open_deps, publish, run_source
+from worker.pipeline import Deps, RunResult, open_deps, publish, render_all, run_source
 from worker.render import Renderer
 from worker.script import ScriptRunner
 
@@ -76,7 +77,8 @@ def _remove_partial_feeds(feeds_dir: Path) -> None:
 
 
 def _on_skipped(event: JobSubmissionEvent) -> None:
-    log.warning("%s: previous run still in progress; this run is skipped", event.job_id)
+    log.warning("%s: previous run has not finished (running, or queued behind busy workers: see concurrency); "
+                "this run is skipped", event.job_id)
 
 
 class Daemon:
@@ -166,7 +168,13 @@ class Daemon:
         return 0
 
     def _signal_stop(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("signfeed: %s received; finishing runs in flight", signal.Signals(signum).name)
+        if self._stop.is_set():
+            # A second Ctrl-C/SIGTERM: the operator will not wait for a hung request; feeds and the
+            # database are crash-safe, so leaving now loses only the runs in flight.
+            log.warning("signfeed: %s again; exiting without waiting", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("signfeed: %s received; finishing runs in flight (send again to exit at once)",
+                 signal.Signals(signum).name)
         self._stop.set()
 
     def _signal_reload(self, _signum: int, _frame: FrameType | None) -> None:
@@ -194,8 +202,16 @@ class Daemon:
             for job_id in (name, name + STALE_SUFFIX):
                 if self.scheduler.get_job(job_id):
                     self.scheduler.remove_job(job_id)
+        # Templates may have changed: redraw every feed from stored data, off the main thread.
+        self.scheduler.add_job(self._render_all, id="reload-render", replace_existing=True)
         log.info("signfeed: reloaded %s (%d sources)", self.config_path, len(new.sources))
         return True
+
+    def _render_all(self) -> None:
+        try:
+            render_all(self.config, self.deps)
+        except WorkerError as exc:
+            log.error("re-render after reload: %s", exc)
 
     def shutdown(self) -> None:
         with self._jobs_lock:
