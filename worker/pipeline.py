@@ -21,7 +21,7 @@ from worker.errors import FetchError, ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
 from worker.secrets import redact
-from worker.store import FAILED, OK, SKIPPED, UNCHANGED, Run, Snapshot, Store, encode_data, iso
+from worker.store import FAILED, OK, SKIPPED, Run, Store, encode_data, iso
 
 log = logging.getLogger(__name__)
 
@@ -293,28 +293,28 @@ def _prefixed(name: str, message: str) -> str:
 
 def _store_and_publish(source: Source, config: Config, deps: Deps, result: RunResult, force: bool) -> None:
     """Record the run (with a snapshot when the data changed) and rewrite the feeds that changed."""
-    last_status, last_success = deps.store.last_outcome(source.name)
-    # Feeds that show an error or a stale badge must be redrawn on success even when the data is unchanged.
-    shown_bad = last_status == FAILED or (
-        last_success is not None and (result.started_at - last_success).total_seconds() > source.stale_after)
-    finished = iso(deps.clock())
-    run = Run(source=source.name, started_at=iso(result.started_at), finished_at=finished,
+    run = Run(source=source.name, started_at=iso(result.started_at), finished_at=iso(deps.clock()),
               status=result.status, duration_ms=round(result.duration_ms, 3), error=result.error)
-    snapshot = None
+    body = digest = None
     if result.ok:
         body, digest = encode_data(result.data)
-        if digest == deps.store.latest_hash(source.name):
-            run.status = result.status = UNCHANGED
-        else:
-            snapshot = Snapshot(source=source.name, fetched_at=iso(result.started_at),
-                                http_status=result.response.status if result.response else 0,
-                                content_hash=digest, data=body)
-    deps.store.record(run, snapshot, keep=source.keep)
+    record = deps.store.record_pull(run, body, digest, result.response.status if result.response else 0,
+                                    keep=source.keep)
+    result.status = run.status
     if result.status == FAILED:
         # The last good HTML stays byte-identical; only the JSON feed learns about the error.
         publish(config, deps, [source.name], templates=False, result=result)
-    elif snapshot is not None or force or shown_bad or source.name in deps.unpublished:
-        publish(config, deps, [source.name], templates=True, result=result)
+        return
+    previous_success = record.previous_success_at
+    # Feeds that show an error or a stale badge must be redrawn on success even when the data is unchanged.
+    shown_bad = record.previous_status == FAILED or (
+        previous_success is not None and (result.started_at - previous_success).total_seconds() > source.stale_after)
+    if record.changed or force or shown_bad or source.name in deps.unpublished:
+        now = deps.clock()
+        # This source's view is known from the run itself: no need to read back what was just written.
+        own = SourceView(name=source.name, data=result.data, fetched_at=record.fetched_at, stale=False,
+                         last_error=None, updated_ago=ago(record.fetched_at, now))
+        publish(config, deps, [source.name], templates=True, result=result, known={source.name: own})
 
 
 def source_view(config: Config, store: Store, name: str, now: datetime) -> SourceView:
@@ -329,12 +329,13 @@ def source_view(config: Config, store: Store, name: str, now: datetime) -> Sourc
 
 
 def publish(config: Config, deps: Deps, names: Iterable[str], *, templates: bool = True,
-            result: RunResult | None = None) -> list[Path]:
+            result: RunResult | None = None, known: dict[str, SourceView] | None = None) -> list[Path]:
     """Write the JSON feeds of these sources and, with templates, every [[feeds]] file that uses them."""
     now = deps.clock()
     names = list(names)
     result = result if result is not None else RunResult("*", OK, now)
-    views = {name: source_view(config, deps.store, name, now) for name in names}
+    known = known or {}
+    views = {name: known.get(name) or source_view(config, deps.store, name, now) for name in names}
     done = True
     for name, view in views.items():
         done &= _write(config.worker.feeds_dir / f"{name}.json", partial(json_feed, view, now),

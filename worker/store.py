@@ -73,6 +73,28 @@ class StoredSnapshot:
     data: Any
 
 
+# The hot path speaks SQL directly: SQLAlchemy's statement building costs more than SQLite's work here.
+SQL_LAST_RUN = "SELECT status, finished_at, error FROM runs WHERE source = ? ORDER BY id DESC LIMIT 1"
+SQL_LAST_OK = "SELECT id, finished_at FROM runs WHERE source = ? AND status != ? ORDER BY id DESC LIMIT 1"
+SQL_FAILURES_SINCE = "SELECT count(*) FROM runs WHERE source = ? AND status = ? AND id > ?"
+SQL_LATEST_SNAPSHOT_META = "SELECT content_hash, fetched_at FROM snapshots WHERE source = ? ORDER BY id DESC LIMIT 1"
+SQL_INSERT_RUN = ("INSERT INTO runs (source, started_at, finished_at, status, duration_ms, error) "
+                  "VALUES (?, ?, ?, ?, ?, ?)")
+SQL_INSERT_SNAPSHOT = ("INSERT INTO snapshots (source, fetched_at, http_status, content_hash, data) "
+                       "VALUES (?, ?, ?, ?, ?)")
+PRUNE_EVERY = 50
+
+
+@dataclass(frozen=True)
+class PullRecord:
+    """What recording a pull found: the state before it, and whether the data was new."""
+
+    previous_status: str | None
+    previous_success_at: datetime | None
+    changed: bool
+    fetched_at: datetime | None  # when the data now stored was first fetched
+
+
 @dataclass(frozen=True)
 class SourceState:
     """What the feeds and `status` say about a source, derived from its runs."""
@@ -152,60 +174,56 @@ class Store:
     def record(self, run: Run, snapshot: Snapshot | None = None, keep: int = 100) -> None:
         """Write a run (and its new snapshot) and apply retention, all in one transaction."""
         with self._tx() as conn:
-            conn.execute(insert(RUNS).values(**run.model_dump(exclude={"id"})))
+            _insert_run(conn, run)
             if snapshot is not None:
-                conn.execute(insert(SNAPSHOTS).values(**snapshot.model_dump(exclude={"id"})))
-                _prune(conn, SNAPSHOTS, run.source, keep)
-            _prune(conn, RUNS, run.source, RUNS_KEPT)
+                _insert_snapshot(conn, snapshot, keep)
+
+    def record_pull(self, run: Run, body: str | None, digest: str | None, http_status: int,
+                    keep: int) -> PullRecord:
+        """Record one pull in one short transaction: a new snapshot only when the data's hash differs from
+        the latest one (then the run says `unchanged`), plus what the feeds need to know about before."""
+        source = run.source
+        with self._tx() as conn:
+            previous = conn.exec_driver_sql(SQL_LAST_RUN, (source,)).first()
+            last_ok = conn.exec_driver_sql(SQL_LAST_OK, (source, FAILED)).first()
+            latest = conn.exec_driver_sql(SQL_LATEST_SNAPSHOT_META, (source,)).first()
+            changed = digest is not None and (latest is None or latest[0] != digest)
+            if digest is not None and not changed:
+                run.status = UNCHANGED
+            fetched_at = run.started_at if changed else (latest[1] if latest else None)
+            _insert_run(conn, run)
+            if changed and body is not None and digest is not None:
+                _insert_snapshot(conn, Snapshot(source=source, fetched_at=run.started_at, http_status=http_status,
+                                                content_hash=digest, data=body), keep)
+        return PullRecord(
+            previous_status=previous[0] if previous else None,
+            previous_success_at=parse_iso(last_ok[1]) if last_ok else None,
+            changed=changed,
+            fetched_at=parse_iso(fetched_at),
+        )
 
     def latest_snapshot(self, source: str) -> StoredSnapshot | None:
         with self._tx() as conn:
-            row = conn.execute(
-                select(SNAPSHOTS).where(SNAPSHOTS.c.source == source).order_by(SNAPSHOTS.c.id.desc()).limit(1)
-            ).first()
+            row = conn.exec_driver_sql(
+                "SELECT source, fetched_at, http_status, content_hash, data FROM snapshots WHERE source = ? "
+                "ORDER BY id DESC LIMIT 1", (source,)).first()
         if row is None:
             return None
-        return StoredSnapshot(row.source, datetime.fromisoformat(row.fetched_at), row.http_status,
-                              row.content_hash, json.loads(row.data))
-
-    def latest_hash(self, source: str) -> str | None:
-        with self._tx() as conn:
-            return conn.execute(
-                select(SNAPSHOTS.c.content_hash).where(SNAPSHOTS.c.source == source)
-                .order_by(SNAPSHOTS.c.id.desc()).limit(1)
-            ).scalar()
-
-    def last_outcome(self, source: str) -> tuple[str | None, datetime | None]:
-        """(status of the latest run, when the latest successful run finished), in one query."""
-        last_ok = (select(func.max(RUNS.c.finished_at)).where(RUNS.c.source == source, RUNS.c.status != FAILED)
-                   .scalar_subquery())
-        with self._tx() as conn:
-            row = conn.execute(
-                select(RUNS.c.status, last_ok).where(RUNS.c.source == source).order_by(RUNS.c.id.desc()).limit(1)
-            ).first()
-        return (row[0], parse_iso(row[1])) if row else (None, None)
+        return StoredSnapshot(row[0], datetime.fromisoformat(row[1]), row[2], row[3], json.loads(row[4]))
 
     def state(self, source: str) -> SourceState:
         """Last success, last error and the failure streak, read from the runs table."""
         with self._tx() as conn:
-            last_ok = conn.execute(
-                select(func.max(RUNS.c.id), func.max(RUNS.c.finished_at))
-                .where(RUNS.c.source == source, RUNS.c.status != FAILED)
-            ).first()
-            ok_id = last_ok[0] if last_ok and last_ok[0] is not None else 0
-            failed = conn.execute(
-                select(func.count(), func.max(RUNS.c.id))
-                .where(RUNS.c.source == source, RUNS.c.status == FAILED, RUNS.c.id > ok_id)
-            ).first()
-            last_error = None
-            if failed and failed[0]:
-                last_error = conn.execute(select(RUNS.c.error).where(RUNS.c.id == failed[1])).scalar()
-            last_run = conn.execute(select(func.max(RUNS.c.finished_at)).where(RUNS.c.source == source)).scalar()
+            last_ok = conn.exec_driver_sql(SQL_LAST_OK, (source, FAILED)).first()
+            ok_id = last_ok[0] if last_ok else 0
+            failed = conn.exec_driver_sql(SQL_FAILURES_SINCE, (source, FAILED, ok_id)).first()
+            last = conn.exec_driver_sql(SQL_LAST_RUN, (source,)).first()
+        failures = failed[0] if failed else 0
         return SourceState(
             last_success_at=parse_iso(last_ok[1]) if last_ok else None,
-            last_error=last_error,
-            consecutive_failures=failed[0] if failed else 0,
-            last_run_at=parse_iso(last_run),
+            last_error=last[2] if failures and last else None,
+            consecutive_failures=failures,
+            last_run_at=parse_iso(last[1]) if last else None,
         )
 
     def runs(self, source: str, limit: int = 20) -> list[Run]:
@@ -228,6 +246,20 @@ class Store:
     def integrity_ok(self) -> bool:
         with self._tx() as conn:
             return conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+
+
+def _insert_run(conn: Any, run: Run) -> None:
+    cursor = conn.exec_driver_sql(SQL_INSERT_RUN, (run.source, run.started_at, run.finished_at, run.status,
+                                                   run.duration_ms, run.error))
+    # Pruning scans `RUNS_KEPT` index entries; every 50th run is often enough to bound the table.
+    if cursor.lastrowid % PRUNE_EVERY == 0:
+        _prune(conn, RUNS, run.source, RUNS_KEPT)
+
+
+def _insert_snapshot(conn: Any, snapshot: Snapshot, keep: int) -> None:
+    conn.exec_driver_sql(SQL_INSERT_SNAPSHOT, (snapshot.source, snapshot.fetched_at, snapshot.http_status,
+                                               snapshot.content_hash, snapshot.data))
+    _prune(conn, SNAPSHOTS, snapshot.source, keep)
 
 
 def _prune(conn: Any, table: Table, source: str, keep: int) -> None:
