@@ -152,3 +152,30 @@ def test_source_naming_a_missing_auth_block_is_a_config_error(api: Api, project:
 
     with pytest.raises(ConfigError, match=r'"room0".auth: no \[auth.nope\] block \(blocks: graph\)'):
         project.config(auth_config(api).replace('auth = "graph"', 'auth = "nope"'))
+
+
+def test_concurrent_first_pulls_make_one_token_request(api: Api, project: Project, make_deps) -> None:
+    import threading
+
+    for i in range(10):
+        api.json(f"/rooms/{i}", {"room": i})
+    config = project.config(auth_config(api, sources=10))
+    deps = make_deps(config)
+    all_started = threading.Event()
+    issue = api.token_endpoint
+    api.routes["/token"] = lambda seen: (all_started.wait(10), issue(seen))[1]
+    barrier = threading.Barrier(10, action=all_started.set)
+    results = []
+
+    def pull(source) -> None:
+        barrier.wait()
+        results.append(run_source(source, config, deps))
+
+    threads = [threading.Thread(target=pull, args=(s,)) for s in config.sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [r.status for r in results] == ["ok"] * 10
+    assert api.paths().count("/token") == 1
+    assert {s.headers["authorization"] for s in api.seen if s.path.startswith("/rooms")} == {"Bearer tok-1-abcdef"}
