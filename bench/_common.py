@@ -249,6 +249,7 @@ PULL_STAGES = [
     ("worker.pipeline", "", "encode_data", 2),
     ("worker.store", "Store", "latest_hash", 2),
     ("worker.store", "Store", "record", 2),
+    ("worker.store", "Store", "record_pull", 2),
     ("worker.pipeline", "", "publish", 2),
     ("worker.pipeline", "", "source_view", 3),
     ("worker.store", "Store", "latest_snapshot", 4),

@@ -31,7 +31,9 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter, defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,10 +217,41 @@ class Run:
         self.__dict__.update(fields)
 
 
+def _what_if(args: argparse.Namespace, scheduler_mod: Any) -> list[str]:
+    """Bench-side patches that try a proposed fix without editing worker/ (off by default)."""
+    notes = []
+    if args.what_if_stagger:
+        real_schedule = scheduler_mod.Daemon._schedule
+        every = args.every
+
+        def staggered(self: Any, source: Any, first_run: Any) -> None:
+            if first_run is not None:  # a fixed phase per source inside its period, instead of all at `now`
+                first_run = first_run + timedelta(seconds=(zlib.crc32(source.name.encode()) % (every * 1000)) / 1000)
+            real_schedule(self, source, first_run)
+
+        scheduler_mod.Daemon._schedule = staggered
+        notes.append("first runs staggered over the period by a hash of the source name")
+    if args.what_if_keepalive:
+        import httpx
+
+        from worker import fetch
+
+        def new_client() -> httpx.Client:
+            limits = httpx.Limits(max_connections=max(100, args.what_if_keepalive),
+                                  max_keepalive_connections=args.what_if_keepalive)
+            return httpx.Client(max_redirects=fetch.MAX_REDIRECTS, trust_env=False, timeout=60.0, limits=limits)
+
+        fetch.new_client = new_client
+        notes.append(f"httpx keep-alive pool of {args.what_if_keepalive} connections (httpx's default is 20)")
+    return notes
+
+
 def _run_daemon(args: argparse.Namespace, scheduler_mod: Any, config_path: Path, api: common.MockAPI,
                 handler: CountingHandler) -> int:
     recorder = Recorder()
     recorder.profile = bool(args.profile)
+    for note in _what_if(args, scheduler_mod):
+        print(f"WHAT-IF:  {note} (patched in this bench process; not what signfeed ships)", flush=True)
     stages = common.StageTimer(common.DAEMON_STAGES, time.thread_time) if args.stages else None
     recorder.hook(scheduler_mod)
     rss_before = common.proc_status_kib(os.getpid(), "VmRSS")
@@ -232,8 +265,9 @@ def _run_daemon(args: argparse.Namespace, scheduler_mod: Any, config_path: Path,
               stages=stages)
     recorder.listen(daemon.scheduler)
     sampler = Sampler(recorder, db, api.pid)
-    # Every source's first run is due at start-up (start_now), all at the same instant.
-    out.t0 = min(j.next_run_time for j in daemon.scheduler.get_jobs() if ":" not in j.id).timestamp()
+    # Every source's first run is due at start-up (start_now), all at the same instant (unless staggered).
+    out.first = {j.id: j.next_run_time.timestamp() for j in daemon.scheduler.get_jobs() if ":" not in j.id}
+    out.t0 = min(out.first.values())
     sampler.sample()
     thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="daemon")
     thread.start()
@@ -254,7 +288,9 @@ def _run_daemon(args: argparse.Namespace, scheduler_mod: Any, config_path: Path,
     out.samples = sampler.samples
     out.peak_kib = common.proc_status_kib(os.getpid(), "VmHWM")
     out.api = common.stats_delta(api_before, api.stats())
-    out.runs = sorted(recorder.runs, key=lambda r: (r[1], r[3]))
+    # (job, scheduled, submitted, started, finished, is its first run)
+    out.runs = sorted(((*r, abs(r[1] - out.first.get(r[0], -1)) < 1e-3) for r in recorder.runs),
+                      key=lambda r: (r[1], r[3]))
     out.fires = int((out.stop_time - out.t0) // args.every) + 1
     _report(out)
     return 0
@@ -268,10 +304,10 @@ def _progress(recorder: Recorder, sampler: Sampler, t0: float) -> None:
           f"RSS {last[2] / 1024:6.1f} MiB  db {last[4] / common.MIB:6.1f} MiB", file=sys.stderr, flush=True)
 
 
-def _lateness_rows(runs: list[tuple[str, float, float, float, float]]) -> list[list[str]]:
+def _lateness_rows(runs: list[tuple[str, float, float, float, float, bool]]) -> list[list[str]]:
     rows = []
-    groups = {"all runs": runs, "start-up runs (all due at once)": [r for r in runs if r[1] == runs[0][1]],
-              "periodic runs": [r for r in runs if r[1] != runs[0][1]]} if runs else {}
+    groups = {"all runs": runs, "first runs (start-up)": [r for r in runs if r[5]],
+              "periodic runs": [r for r in runs if not r[5]]} if runs else {}
     for label, group in groups.items():
         late = [r[3] - r[1] for r in group]
         lag = [r[2] - r[1] for r in group]
@@ -284,19 +320,22 @@ def _lateness_rows(runs: list[tuple[str, float, float, float, float]]) -> list[l
 
 
 def _missed(out: Run) -> tuple[int, str]:
-    """Scheduled times (t0 + k*every up to the stop) that never ran, and how that was counted."""
+    """Scheduled times (first + k*every up to the stop) that never ran, and how that was counted."""
     args, rec = out.args, out.rec
     events = f"EVENT_JOB_MISSED {rec.missed}, EVENT_JOB_MAX_INSTANCES {rec.max_instances} (runs skipped)"
     per_source: dict[str, set[float]] = defaultdict(set)
     for job, scheduled, *_ in out.runs:
-        per_source[job].add(round(scheduled - out.t0, 3))
+        per_source[job].add(round(scheduled - out.first.get(job, out.t0), 3))
     if args.jitter:
         counts = sorted(len(v) for v in per_source.values()) + [0] * (args.sources - len(per_source))
         return rec.missed + rec.max_instances, (f"{events}; with jitter runs per source: min {counts[0]}, "
                                                 f"median {common.median(counts):g}, max {counts[-1]}")
-    expected = {round(k * args.every, 3) for k in range(out.fires)}
-    never = sum(len(expected - per_source.get(f"s{i:05d}", set())) for i in range(args.sources))
-    return never, f"of {args.sources * out.fires:,} scheduled ({out.fires} per source) never ran; {events}"
+    never = total = 0
+    for job, first in out.first.items():
+        expected = {round(k * args.every, 3) for k in range(int((out.stop_time - first) // args.every) + 1)}
+        total += len(expected)
+        never += len(expected - per_source.get(job, set()))
+    return never, f"of {total:,} scheduled never ran; {events}"
 
 
 def _period_rows(out: Run) -> tuple[list[list[str]], list[float]]:
@@ -324,7 +363,7 @@ def _summary_rows(out: Run, period_cpu: list[float]) -> list[list[str]]:
     missed, how = _missed(out)
     statuses = _statuses(out.db)
     late_all = [r[3] - r[1] for r in runs]
-    periodic = [r[3] - r[1] for r in runs if r[1] != runs[0][1]] if runs else []
+    periodic = [r[3] - r[1] for r in runs if not r[5]]
     cpu_all, _ = _cpu_between(out.samples, out.t0, out.ended)
     whole = 100 * cpu_all / (out.fires * args.every)
     steady = common.median(period_cpu[1:]) if len(period_cpu) > 1 else float("nan")
@@ -421,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", action="store_true", help="time the stages of each run (thread CPU) and print "
                         "them; adds a few dozen wrapped calls per run")
     parser.add_argument("--profile-top", type=int, default=30, help="rows of the profile table (default 30)")
+    parser.add_argument("--what-if-stagger", action="store_true",
+                        help="try a fix: spread each source's first run (and so its phase) over its period")
+    parser.add_argument("--what-if-keepalive", type=int, metavar="N",
+                        help="try a fix: an httpx client keeping N idle connections (signfeed keeps httpx's 20)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
     args = parser.parse_args(argv)
     args.sources = args.sources or (1000 if args.quick else 10000)
