@@ -180,7 +180,7 @@ def test_live_daemon_keeps_a_fast_source_on_time_while_others_hang_drip_and_spin
         assert enough.wait(20), f"menu ran {len(starts)} times; errors so far: {errors}"
     finally:
         release.set()
-        daemon.scheduler.shutdown(wait=True)
+        daemon.stop_scheduler()
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert max(gaps) < 1.5, gaps
     assert errors["hung"] == f"hung: read from {api.url} timed out after 2s (no data)"

@@ -213,9 +213,13 @@ class Daemon:
         except WorkerError as exc:
             log.error("re-render after reload: %s", exc)
 
-    def shutdown(self) -> None:
+    def stop_scheduler(self) -> None:
+        """Stop firing and wait for runs in flight (they may not add jobs now: see _jobs_lock)."""
         with self._jobs_lock:
             self._closing = True
         self.scheduler.shutdown(wait=True)
+
+    def shutdown(self) -> None:
+        self.stop_scheduler()
         self.deps.close()
         log.info("signfeed: stopped")
