@@ -110,7 +110,7 @@ def variant_floor(api: str, n: int, warmup: int, max_seconds: float, cached: boo
 
     form = {"grant_type": "client_credentials", "client_id": common.CLIENT_ID, "client_secret": common.CLIENT_SECRET}
     with httpx.Client(trust_env=False) as client:
-        first = client.post(f"{api}/token", data=form).json()["access_token"]
+        first = client.post(f"{api}/token", data=form).json()["access_token"] if cached else ""
 
         def pull() -> None:
             token = first if cached else client.post(f"{api}/token", data=form).json()["access_token"]
