@@ -79,13 +79,13 @@ def daemon_for(project: Project, api: Api, make_deps, extra: str = "") -> Daemon
 def test_reload_reschedules_changed_added_and_removed_sources(api: Api, project: Project, make_deps) -> None:
     api.json("/menu", {"items": []})
     daemon = daemon_for(project, api, make_deps)
-    assert [j.id for j in daemon.scheduler.get_jobs()] == ["menu"]
+    assert {j.id for j in daemon.scheduler.get_jobs()} == {"menu", "stale-sweep"}
     project.write("config.toml", seed_config(api).replace('every = "5m"', 'every = "1m"').replace(
         'name = "menu"', 'name = "lunch"') .replace('sources = ["menu"]', 'sources = ["lunch"]')
         + f'\n[[sources]]\nname = "weather"\nurl = "{api.url}/weather"\ncron = "*/10 * * * *"\n')
     assert daemon.reload() is True
     jobs = {j.id: j for j in daemon.scheduler.get_jobs()}
-    assert set(jobs) == {"lunch", "weather", "reload-render"}  # templates may have changed: redraw all
+    assert set(jobs) == {"lunch", "weather", "stale-sweep", "reload-render"}  # templates may have changed
     assert jobs["lunch"].trigger.interval == timedelta(minutes=1)
     assert isinstance(jobs["weather"].trigger, LocalCronTrigger)
 
@@ -94,7 +94,7 @@ def test_reload_with_broken_config_keeps_the_running_one(api: Api, project: Proj
     daemon = daemon_for(project, api, make_deps)
     project.write("config.toml", seed_config(api) + "\nbogus = 1\n")
     assert daemon.reload() is False
-    assert [j.id for j in daemon.scheduler.get_jobs()] == ["menu"]
+    assert {j.id for j in daemon.scheduler.get_jobs()} == {"menu", "stale-sweep"}
     assert daemon.config.source("menu").every == 300.0
     assert ("reload rejected, keeping the running config: config.toml: [[feeds]] \"board.html\": "
             "unknown key 'bogus'") in caplog.text
@@ -116,20 +116,52 @@ def test_daemon_refuses_to_start_with_a_script_syntax_error(api: Api, project: P
         Daemon(str(config.path), deps=make_deps(config))
 
 
-def test_stale_data_rerenders_feeds_with_the_stale_flag(api: Api, project: Project, make_deps, clock) -> None:
+def test_stale_data_rerenders_feeds_with_the_stale_flag_once(api: Api, project: Project, make_deps, clock) -> None:
     api.json("/menu", {"title": "Lunch", "items": []})
     daemon = daemon_for(project, api, make_deps, 'stale_after = "15m"')
     daemon.run_job("menu")
-    stale_job = daemon.scheduler.get_job("menu:stale")
-    assert stale_job.trigger.run_date == clock.now + timedelta(minutes=15, milliseconds=10)
+    assert daemon.stale_due["menu"] == clock.now + timedelta(minutes=15)
     html_fresh = project.feed("board.html").read_text()
     api.raw("/menu", b"down", status=500)
-    clock.advance(16 * 60)
+    clock.advance(14 * 60)
     daemon.run_job("menu")
+    daemon.sweep_stale()
     assert project.feed("board.html").read_text() == html_fresh
-    daemon.mark_stale("menu")
+    clock.advance(2 * 60)
+    daemon.sweep_stale()
     assert json.loads(project.feed("menu.json").read_text())["stale"] is True
     assert "stale" in project.feed("board.html").read_text()
+    before = project.feed("board.html").stat().st_mtime_ns
+    daemon.sweep_stale()
+    assert project.feed("board.html").stat().st_mtime_ns == before
+
+
+def test_interval_sources_are_phased_by_name_across_their_period() -> None:
+    from worker.scheduler import phase
+
+    phases = [phase(f"room{i}", 60.0) for i in range(1000)]
+    assert all(0 <= p < 60 for p in phases)
+    assert phase("room1", 60.0) == phase("room1", 60.0)
+    per_10s = [sum(1 for p in phases if k * 10 <= p < (k + 1) * 10) for k in range(6)]
+    assert min(per_10s) > 120, per_10s  # ~167 each: no burst at one instant
+
+
+@pytest.mark.parametrize(("age", "expected"), [(None, True), (299, False), (300, True), (3600, True)])
+def test_start_fetches_missing_or_old_data_at_once_and_fresh_data_at_its_phase(age: int | None,
+                                                                               expected: bool) -> None:
+    from worker.scheduler import overdue
+
+    source = Source(name="menu", url="u", every=300.0, stale_after=900.0)
+    now = datetime(2026, 12, 3, 12, tzinfo=NY)
+    assert overdue(source, None if age is None else now - timedelta(seconds=age), now) is expected
+
+
+def test_interval_trigger_starts_at_the_sources_phase() -> None:
+    from worker.scheduler import phase
+
+    now = datetime(2026, 12, 3, 12, tzinfo=NY)
+    trigger = trigger_for(Source(name="menu", url="u", every=300.0), "America/New_York", now)
+    assert trigger.get_next_fire_time(None, now) == now + timedelta(seconds=phase("menu", 300.0))
 
 
 def test_live_daemon_keeps_a_fast_source_on_time_while_others_hang_drip_and_spin(api: Api, project: Project,

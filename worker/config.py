@@ -5,9 +5,11 @@ import math
 import os
 import re
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -156,11 +158,14 @@ class Config:
     feeds: tuple[Feed, ...]
     auth: Mapping[str, AuthBlock] = field(default_factory=dict)
 
+    @cached_property
+    def _by_name(self) -> dict[str, Source]:
+        return {source.name: source for source in self.sources}
+
     def source(self, name: str) -> Source:
         """The source called name, or a ConfigError listing the known ones."""
-        for source in self.sources:
-            if source.name == name:
-                return source
+        if name in self._by_name:
+            return self._by_name[name]
         known = ", ".join(s.name for s in self.sources) or "none"
         raise ConfigError(f"no source named {name!r} in {self.path} (sources: {known})")
 
@@ -506,8 +511,8 @@ def _feed(index: int, table: Mapping[str, Any]) -> Feed:
 
 def _check_cross_references(config: Config) -> None:
     names = [s.name for s in config.sources]
-    for name in names:
-        if names.count(name) > 1:
+    for name, count in Counter(names).items():
+        if count > 1:
             raise ConfigError(f'[[sources]] "{name}": duplicate name; every source needs its own')
     _check_outputs(config)
     for source in config.sources:

@@ -314,6 +314,8 @@ def host_http(client: httpx.Client, args: Mapping[str, Any], *, deadline: float,
     return {"status": response.status, "headers": dict(response.headers), "text": response.text}
 
 
-def new_client() -> httpx.Client:
-    """The shared client: keep-alive pool, bounded redirects, no environment proxies (unattended daemon)."""
-    return httpx.Client(max_redirects=MAX_REDIRECTS, trust_env=False, timeout=60.0)
+def new_client(concurrency: int = 8) -> httpx.Client:
+    """The shared client: a keep-alive pool as wide as the pulls in flight, bounded redirects, and no
+    environment proxies (an unattended daemon must behave the same whatever shell started it)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(concurrency, 10))
+    return httpx.Client(max_redirects=MAX_REDIRECTS, trust_env=False, timeout=60.0, limits=limits)

@@ -65,7 +65,7 @@ def open_deps(config: Config) -> Deps:
     from worker.script import ScriptRunner
 
     store = Store(config.worker.database)
-    client = fetch.new_client()
+    client = fetch.new_client(config.worker.concurrency)
     return Deps(
         store=store,
         client=client,
@@ -167,7 +167,7 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
         result.error = masks(_prefixed(source.name, _rate_limit_note(source, config, deps, started, str(exc))))
         result.console = [(level, masks(line)) for level, line in getattr(exc, "console", result.console)]
     result.duration_ms = (time.perf_counter() - clock_start) * 1000
-    if result.response is not None:
+    if result.response is not None and not store:  # only `signfeed test` shows the response
         result.shown_headers = {k: masks(v) for k, v in result.response.headers.items()}
         body = json.dumps(result.data, ensure_ascii=False, indent=1) if result.ok else result.response.text
         result.shown_body = masks(body[:SHOWN_BODY])

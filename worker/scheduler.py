@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import threading
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 # APScheduler's default grace of 1 s silently drops a run that starts late (busy machine, suspend);
 # None runs it however late, and coalesce folds a backlog of missed slots into that one run.
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-STALE_SUFFIX = ":stale"
+STALE_SWEEP = 15  # seconds between checks for data that just turned stale
 
 
 class LocalCronTrigger(BaseTrigger):
@@ -62,12 +63,27 @@ class LocalCronTrigger(BaseTrigger):
         return f"local cron in {self.tz.key}"
 
 
-def trigger_for(source: Source, timezone: str) -> BaseTrigger:
-    """The APScheduler trigger for a source's `every` or `cron`."""
+def phase(name: str, every: float) -> float:
+    """Seconds into its period at which a source fires: fixed per name, spread evenly over all names, so
+    10,000 sources of one period start across the whole period instead of in one burst."""
+    return (zlib.crc32(name.encode("utf-8")) % int(every * 1000)) / 1000
+
+
+def overdue(source: Source, last_success: datetime | None, now: datetime) -> bool:
+    """Whether a source must be pulled at start-up: data missing or older than one period (a third of
+    stale_after, which defaults to three periods). Fresh data waits for the source's phase."""
+    return last_success is None or (now - last_success).total_seconds() >= source.stale_after / 3
+
+
+def trigger_for(source: Source, timezone: str, now: datetime | None = None) -> BaseTrigger:
+    """The APScheduler trigger for a source's `every` (phased by name) or `cron`."""
     if source.cron:
         return LocalCronTrigger(source.cron, timezone)
+    every = source.every or 60.0
+    start = (now or datetime.now(UTC)) + timedelta(seconds=phase(source.name, every))
     # Interval triggers count elapsed seconds, so an hourly source runs 25 times on the day clocks go back.
-    return IntervalTrigger(seconds=int(source.every or 60), timezone=timezone, jitter=int(source.jitter) or None)
+    return IntervalTrigger(seconds=int(every), start_date=start, timezone=timezone,
+                           jitter=int(source.jitter) or None)
 
 
 def _remove_partial_feeds(feeds_dir: Path) -> None:
@@ -91,10 +107,11 @@ class Daemon:
         self._validate(self.config)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        # APScheduler's shutdown holds its job-store lock while it waits for running jobs, so a job that
-        # adds a job then would deadlock it; jobs add under this lock and not at all once closing.
-        self._jobs_lock = threading.Lock()
-        self._closing = False
+        # When each source's data turns stale, and which are already shown as stale. Kept here and swept
+        # every few seconds: a job per run would cost a scheduler wake-up per pull, and a job added by a
+        # running job deadlocks APScheduler's shutdown (it holds its job-store lock while waiting).
+        self.stale_due: dict[str, datetime] = {}
+        self._shown_stale: set[str] = set()
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=self.config.worker.concurrency)},
             job_defaults=JOB_DEFAULTS,
@@ -102,9 +119,14 @@ class Daemon:
         )
         self.scheduler.add_listener(_on_skipped, EVENT_JOB_MAX_INSTANCES)
         now = self.deps.clock()
+        successes = self.deps.store.last_successes()
         for source in self.config.sources:
-            self._schedule(source, first_run=now)
-            self._schedule_stale_check(source.name)
+            last = successes.get(source.name)
+            if last is not None:
+                self.stale_due[source.name] = last + timedelta(seconds=source.stale_after)
+            self._schedule(source, first_run=now if overdue(source, last, now) else None)
+        self.scheduler.add_job(self.sweep_stale, "interval", seconds=STALE_SWEEP, id="stale-sweep",
+                               next_run_time=now)
 
     def _validate(self, config: Config) -> None:
         """Script syntax and templates are checked before any pull: a typo fails now, not at 3 a.m."""
@@ -114,8 +136,9 @@ class Daemon:
 
     def _schedule(self, source: Source, first_run: datetime | None) -> None:
         extra = {"next_run_time": first_run} if first_run else {}
-        self.scheduler.add_job(self.run_job, trigger_for(source, self.config.worker.timezone), args=(source.name,),
-                               id=source.name, name=source.name, replace_existing=True, **extra)
+        trigger = trigger_for(source, self.config.worker.timezone, self.deps.clock())
+        self.scheduler.add_job(self.run_job, trigger, args=(source.name,), id=source.name, name=source.name,
+                               replace_existing=True, **extra)
 
     def run_job(self, name: str) -> RunResult | None:
         """One scheduled run, against the config in force now; nothing it raises may stop the daemon."""
@@ -129,19 +152,17 @@ class Daemon:
             log.exception("%s: unexpected error; the daemon carries on", name)
             return None
         if result.ok:
-            self._schedule_stale_check(name)
+            self.stale_due[name] = result.started_at + timedelta(seconds=config.source(name).stale_after)
+            self._shown_stale.discard(name)
         return result
 
-    def _schedule_stale_check(self, name: str) -> None:
-        """Re-render a source's feeds the moment its data turns stale, so screens say so without a new pull."""
-        state = self.deps.store.state(name)
-        if state.last_success_at is None:
-            return
-        due = state.last_success_at + timedelta(seconds=self.config.source(name).stale_after, milliseconds=10)
-        with self._jobs_lock:
-            if not self._closing:
-                self.scheduler.add_job(self.mark_stale, "date", run_date=max(due, self.deps.clock()), args=(name,),
-                                       id=name + STALE_SUFFIX, replace_existing=True)
+    def sweep_stale(self) -> None:
+        """Re-render the feeds of sources whose data just turned stale, so screens say so without a pull."""
+        now = self.deps.clock()
+        for name, due in list(self.stale_due.items()):
+            if due <= now and name not in self._shown_stale:
+                self._shown_stale.add(name)
+                self.mark_stale(name)
 
     def mark_stale(self, name: str) -> None:
         try:
@@ -199,9 +220,9 @@ class Daemon:
                 # New and changed sources run at once, so an edit shows up without waiting a whole period.
                 self._schedule(source, first_run=self.deps.clock())
         for name in old.keys() - {s.name for s in new.sources}:
-            for job_id in (name, name + STALE_SUFFIX):
-                if self.scheduler.get_job(job_id):
-                    self.scheduler.remove_job(job_id)
+            if self.scheduler.get_job(name):
+                self.scheduler.remove_job(name)
+            self.stale_due.pop(name, None)
         # Templates may have changed: redraw every feed from stored data, off the main thread.
         self.scheduler.add_job(self._render_all, id="reload-render", replace_existing=True)
         log.info("signfeed: reloaded %s (%d sources)", self.config_path, len(new.sources))
@@ -214,9 +235,7 @@ class Daemon:
             log.error("re-render after reload: %s", exc)
 
     def stop_scheduler(self) -> None:
-        """Stop firing and wait for runs in flight (they may not add jobs now: see _jobs_lock)."""
-        with self._jobs_lock:
-            self._closing = True
+        """Stop firing and wait for runs in flight (runs never add jobs: see stale_due)."""
         self.scheduler.shutdown(wait=True)
 
     def shutdown(self) -> None:

@@ -17,7 +17,8 @@ from sqlmodel import Field, SQLModel
 from worker.errors import StoreError
 
 # Runs are the audit trail `history` and `status` read; a busy source would otherwise grow without bound.
-RUNS_KEPT = 500
+# 100 per source: over an hour and a half of a 1-minute source, ~10 MB per 1,000 sources.
+RUNS_KEPT = 100
 SCHEMA_VERSION = 1
 OK, UNCHANGED, FAILED = "ok", "unchanged", "failed"
 SKIPPED = "skipped"  # never stored: a run that did not happen (rate limit pause)
@@ -210,6 +211,13 @@ class Store:
         if row is None:
             return None
         return StoredSnapshot(row[0], datetime.fromisoformat(row[1]), row[2], row[3], json.loads(row[4]))
+
+    def last_successes(self) -> dict[str, datetime]:
+        """When each source last succeeded, in one scan (the daemon's start-up reads all of them)."""
+        with self._tx() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT source, max(finished_at) FROM runs WHERE status != ? GROUP BY source", (FAILED,)).all()
+        return {row[0]: datetime.fromisoformat(row[1]) for row in rows}
 
     def state(self, source: str) -> SourceState:
         """Last success, last error and the failure streak, read from the runs table."""
