@@ -35,8 +35,7 @@ def local_day(year: int, month: int, day: int) -> tuple[datetime, datetime]:
 @pytest.mark.parametrize(("day", "runs"), [((2026, 3, 8), 23), ((2026, 11, 1), 25), ((2026, 7, 1), 24)])
 def test_hourly_interval_counts_real_hours_across_dst(day, runs: int) -> None:
     start, end = local_day(*day)
-    trigger = trigger_for(Source(name="s", url="u", every=3600.0), "America/New_York")
-    trigger.start_date = start
+    trigger = trigger_for(Source(name="s", url="u", every=3600.0), "America/New_York", now=start)
     times = fire_times(trigger, start, end)
     assert len(times) == runs
     utc = [t.astimezone(ZoneInfo("UTC")) for t in times]  # same-zone subtraction would ignore the offsets
@@ -86,7 +85,7 @@ def test_reload_reschedules_changed_added_and_removed_sources(api: Api, project:
     assert daemon.reload() is True
     jobs = {j.id: j for j in daemon.scheduler.get_jobs()}
     assert set(jobs) == {"lunch", "weather", "stale-sweep", "reload-render"}  # templates may have changed
-    assert jobs["lunch"].trigger.interval == timedelta(minutes=1)
+    assert jobs["lunch"].trigger.every == 60.0
     assert isinstance(jobs["weather"].trigger, LocalCronTrigger)
 
 
@@ -156,12 +155,16 @@ def test_start_fetches_missing_or_old_data_at_once_and_fresh_data_at_its_phase(a
     assert overdue(source, None if age is None else now - timedelta(seconds=age), now) is expected
 
 
-def test_interval_trigger_starts_at_the_sources_phase() -> None:
+def test_interval_trigger_starts_at_the_sources_phase_and_returns_to_it_after_a_forced_run() -> None:
     from worker.scheduler import phase
 
     now = datetime(2026, 12, 3, 12, tzinfo=NY)
+    on_phase = now + timedelta(seconds=phase("menu", 300.0))
     trigger = trigger_for(Source(name="menu", url="u", every=300.0), "America/New_York", now)
-    assert trigger.get_next_fire_time(None, now) == now + timedelta(seconds=phase("menu", 300.0))
+    assert trigger.get_next_fire_time(None, now) == on_phase
+    # The start-up run happens at `now`, off the grid; the next one is back on the source's phase.
+    assert trigger.get_next_fire_time(now, now) == on_phase
+    assert trigger.get_next_fire_time(on_phase, on_phase) == on_phase + timedelta(minutes=5)
 
 
 def test_live_daemon_keeps_a_fast_source_on_time_while_others_hang_drip_and_spin(api: Api, project: Project,

@@ -1,6 +1,7 @@
 """The daemon: APScheduler fires each source's run_source on its schedule; signals stop or reload it."""
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -15,7 +16,6 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from worker import config as config_mod
 from worker.check import require_valid
@@ -75,15 +75,36 @@ def overdue(source: Source, last_success: datetime | None, now: datetime) -> boo
     return last_success is None or (now - last_success).total_seconds() >= source.stale_after / 3
 
 
+class PhasedIntervalTrigger(BaseTrigger):
+    """Every `every` seconds on a fixed grid (start + n × every, counted in UTC).
+
+    Counting elapsed seconds keeps an hourly source hourly across DST (25 runs on the day clocks go back).
+    The next fire is the next grid point after the previous fire, so a run forced off the grid (at start-up)
+    does not drag the source off its phase and back into lockstep with every other source.
+    """
+
+    def __init__(self, every: float, start: datetime, jitter: float = 0) -> None:
+        self.every = every
+        self.start = start.astimezone(UTC)
+        self.jitter = jitter or None
+
+    def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
+        after = previous + timedelta(microseconds=1) if previous else now
+        steps = max(0, math.ceil((after - self.start).total_seconds() / self.every))
+        fire = self.start + timedelta(seconds=steps * self.every)
+        return self._apply_jitter(fire, self.jitter, now)
+
+    def __str__(self) -> str:
+        return f"every {self.every:g}s from {self.start:%H:%M:%S} UTC"
+
+
 def trigger_for(source: Source, timezone: str, now: datetime | None = None) -> BaseTrigger:
     """The APScheduler trigger for a source's `every` (phased by name) or `cron`."""
     if source.cron:
         return LocalCronTrigger(source.cron, timezone)
     every = source.every or 60.0
     start = (now or datetime.now(UTC)) + timedelta(seconds=phase(source.name, every))
-    # Interval triggers count elapsed seconds, so an hourly source runs 25 times on the day clocks go back.
-    return IntervalTrigger(seconds=int(every), start_date=start, timezone=timezone,
-                           jitter=int(source.jitter) or None)
+    return PhasedIntervalTrigger(every, start, source.jitter)
 
 
 def _remove_partial_feeds(feeds_dir: Path) -> None:
