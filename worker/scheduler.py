@@ -79,8 +79,9 @@ class PhasedIntervalTrigger(BaseTrigger):
     """Every `every` seconds on a fixed grid (start + n × every, counted in UTC).
 
     Counting elapsed seconds keeps an hourly source hourly across DST (25 runs on the day clocks go back).
-    The next fire is the next grid point after the previous fire, so a run forced off the grid (at start-up)
-    does not drag the source off its phase and back into lockstep with every other source.
+    The next fire is the first grid point at least half a period after the previous fire: a run forced off
+    the grid (at start-up) neither drags the source into lockstep with every other source nor collides
+    with the grid point right behind it while it is still queued.
     """
 
     def __init__(self, every: float, start: datetime, jitter: float = 0) -> None:
@@ -89,7 +90,7 @@ class PhasedIntervalTrigger(BaseTrigger):
         self.jitter = jitter or None
 
     def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
-        after = previous + timedelta(microseconds=1) if previous else now
+        after = previous + timedelta(seconds=self.every / 2) if previous else now
         steps = max(0, math.ceil((after - self.start).total_seconds() / self.every))
         fire = self.start + timedelta(seconds=steps * self.every)
         return self._apply_jitter(fire, self.jitter, now)
