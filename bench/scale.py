@@ -31,9 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections import Counter, defaultdict
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -218,31 +216,13 @@ class Run:
 
 
 def _what_if(args: argparse.Namespace, scheduler_mod: Any) -> list[str]:
-    """Bench-side patches that try a proposed fix without editing worker/ (off by default)."""
+    """The what-if patches this bench once offered are built into the daemon now (phased triggers, a keep-alive
+    pool as wide as concurrency); the options stay accepted so old command lines still run."""
     notes = []
     if args.what_if_stagger:
-        real_schedule = scheduler_mod.Daemon._schedule
-        every = args.every
-
-        def staggered(self: Any, source: Any, first_run: Any) -> None:
-            if first_run is not None:  # a fixed phase per source inside its period, instead of all at `now`
-                first_run = first_run + timedelta(seconds=(zlib.crc32(source.name.encode()) % (every * 1000)) / 1000)
-            real_schedule(self, source, first_run)
-
-        scheduler_mod.Daemon._schedule = staggered
-        notes.append("first runs staggered over the period by a hash of the source name")
+        notes.append("--what-if-stagger: built in (PhasedIntervalTrigger); nothing patched")
     if args.what_if_keepalive:
-        import httpx
-
-        from worker import fetch
-
-        def new_client() -> httpx.Client:
-            limits = httpx.Limits(max_connections=max(100, args.what_if_keepalive),
-                                  max_keepalive_connections=args.what_if_keepalive)
-            return httpx.Client(max_redirects=fetch.MAX_REDIRECTS, trust_env=False, timeout=60.0, limits=limits)
-
-        fetch.new_client = new_client
-        notes.append(f"httpx keep-alive pool of {args.what_if_keepalive} connections (httpx's default is 20)")
+        notes.append("--what-if-keepalive: built in (fetch.new_client(concurrency)); nothing patched")
     return notes
 
 
@@ -319,6 +299,20 @@ def _lateness_rows(runs: list[tuple[str, float, float, float, float, bool]]) -> 
     return rows
 
 
+def _expected_times(job: str, first: float, stop: float, every: float) -> set[float]:
+    """The start-up run, then the source's phase grid (worker.scheduler.PhasedIntervalTrigger), relative to it."""
+    import worker.scheduler as scheduler_mod
+
+    offset = getattr(scheduler_mod, "phase", lambda name, period: 0.0)(job, every)
+    times = {0.0}
+    k = 0
+    while (at := offset + k * every) <= stop - first:
+        if at >= every / 2:  # the trigger's next fire is at least half a period after the previous one
+            times.add(round(at, 3))
+        k += 1
+    return times
+
+
 def _missed(out: Run) -> tuple[int, str]:
     """Scheduled times (first + k*every up to the stop) that never ran, and how that was counted."""
     args, rec = out.args, out.rec
@@ -332,7 +326,7 @@ def _missed(out: Run) -> tuple[int, str]:
                                                 f"median {common.median(counts):g}, max {counts[-1]}")
     never = total = 0
     for job, first in out.first.items():
-        expected = {round(k * args.every, 3) for k in range(int((out.stop_time - first) // args.every) + 1)}
+        expected = _expected_times(job, first, out.stop_time, args.every)
         total += len(expected)
         never += len(expected - per_source.get(job, set()))
     return never, f"of {total:,} scheduled never ran; {events}"

@@ -210,7 +210,8 @@ def test_live_daemon_keeps_a_fast_source_on_time_while_others_hang_drip_and_spin
 
     daemon.run_job = observed  # type: ignore[method-assign]
     for source in config.sources:
-        daemon._schedule(source, first_run=datetime.now(NY))
+        now = datetime.now(NY)
+        daemon._schedule(source, now, first_run=now)
     caplog.set_level(logging.INFO)
     daemon.scheduler.start()
     try:

@@ -146,7 +146,7 @@ class Daemon:
             last = successes.get(source.name)
             if last is not None:
                 self.stale_due[source.name] = last + timedelta(seconds=source.stale_after)
-            self._schedule(source, first_run=now if overdue(source, last, now) else None)
+            self._schedule(source, now, first_run=now if overdue(source, last, now) else None)
         self.scheduler.add_job(self.sweep_stale, "interval", seconds=STALE_SWEEP, id="stale-sweep",
                                next_run_time=now)
 
@@ -156,9 +156,9 @@ class Daemon:
         for warning in require_valid(config, runner):
             log.warning("%s", warning)
 
-    def _schedule(self, source: Source, first_run: datetime | None) -> None:
+    def _schedule(self, source: Source, now: datetime, first_run: datetime | None) -> None:
         extra = {"next_run_time": first_run} if first_run else {}
-        trigger = trigger_for(source, self.config.worker.timezone, self.deps.clock())
+        trigger = trigger_for(source, self.config.worker.timezone, now)
         self.scheduler.add_job(self.run_job, trigger, args=(source.name,), id=source.name, name=source.name,
                                replace_existing=True, **extra)
 
@@ -240,7 +240,8 @@ class Daemon:
         for source in new.sources:
             if old.get(source.name) != source:
                 # New and changed sources run at once, so an edit shows up without waiting a whole period.
-                self._schedule(source, first_run=self.deps.clock())
+                now = self.deps.clock()
+                self._schedule(source, now, first_run=now)
         for name in old.keys() - {s.name for s in new.sources}:
             if self.scheduler.get_job(name):
                 self.scheduler.remove_job(name)
