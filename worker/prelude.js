@@ -1,5 +1,7 @@
 // signfeed pre-request script shim: the `os` API plus the few browser globals vendor scripts use.
-// Evaluated once per engine context (a fresh context per run), before any user code.
+// Evaluated once per engine context, as a module (so its stack frames never carry the user's file name),
+// before any user code. One context then serves many runs, so the shim also hardens it: every intrinsic
+// is frozen and every global binding locked, and each run ends by deleting the globals it added.
 (function () {
   'use strict';
   const G = globalThis;
@@ -11,11 +13,19 @@
     Object.defineProperty(G, name, { get() { return undefined; }, set(_) {}, enumerable: false, configurable: false });
   }
 
-  // Primordials captured now: a script may replace builtins, and the shim must keep working
-  // (and must never hand `host` to a user-supplied function).
+  // Primordials captured now, before anything user-supplied can exist: the shim must never hand `host`
+  // to a user-supplied function. (The hardening below freezes the builtins too; this does not rely on it.)
   const { stringify, parse } = JSON;
-  const { defineProperty, freeze, getPrototypeOf } = Object;
+  const { defineProperty, freeze, getPrototypeOf, getOwnPropertyDescriptor, isExtensible } = Object;
   const keysOf = Object.keys;
+  const { ownKeys, apply, construct, deleteProperty } = Reflect;
+  const reflectDefine = Reflect.defineProperty;
+  const fnToString = Function.prototype.toString;
+  const promiseThen = Promise.prototype.then;
+  const ObjectProto = Object.prototype;
+  const SafeSet = Set;
+  const SafeMap = Map;
+  const SafeProxy = Proxy;
   const Prom = Promise;
   const Err = Error;
   const DOMErr = DOMException;
@@ -291,28 +301,235 @@
     return request({ ...(config || {}), method: 'POST', url, data });
   }
 
-  const os = freeze({
+  // Accessors whose setters throw, rather than frozen data properties: user code runs in sloppy mode,
+  // where writing a frozen property fails silently, and overwriting the API should be a clear error.
+  function readOnly(name, members) {
+    const out = {};
+    for (const key of keysOf(members)) {
+      const value = members[key];
+      defineProperty(out, key, {
+        get() { return value; },
+        set(_) { throw new TypeError(name + '.' + key + ' is read-only'); },
+        enumerable: true,
+        configurable: false,
+      });
+    }
+    return freeze(out);
+  }
+
+  const os = readOnly('os', {
     request,
     getRequest,
     postRequest,
-    context: freeze({
+    context: readOnly('os.context', {
       get: (path) => call('sf_context', 'get', Str(path)),
       set: (path, value) => {
         call('sf_context', 'set', Str(path), value === undefined ? null : value);
       },
     }),
-    auth: freeze({
+    auth: readOnly('os.auth', {
       token: (name) => new Prom((resolve) => resolve(call('sf_host', 'auth_token', { name: Str(name) }).token)),
     }),
   });
 
+  // ---- runs ----
+  // The host evaluates `__signfeed.run(<length>, async () => {<user code>\n});` as a classic script (the
+  // prefix sits on the user's first line, so line numbers stay the user's). A top-level `const` or
+  // `function` is then local to the arrow, not a global. Code that closes the arrow early could
+  // declare global lexical bindings, which nothing can delete: the arrow's expected source length comes
+  // first in the script, where user code cannot change it, so a shorter arrow exposes that, and the
+  // host discards the context after the run.
+  let active = false;
+  let finished = false;
+  let baseline = new SafeSet();
+  let globalProto = null;
+
+  function markDirty() {
+    call('sf_dirty');
+  }
+
+  function run(length, fn) {
+    if (active || typeof fn !== 'function' || apply(fnToString, fn, []).length !== length) markDirty();
+    active = true;
+    finished = false;
+    timers = [];
+    timerSeq = 0;
+    virtualNow = 0;
+    // No rejection handler: a failing script leaves this chain rejected and unhandled, and the engine
+    // reports it (with the script's own stack) like any other unhandled rejection.
+    apply(promiseThen, fn(), [() => { finished = true; }]);
+    return status;
+  }
+
+  // Delete what the run added to globalThis; built-in globals are locked, so a count tells.
+  function end() {
+    active = false;
+    const keys = ownKeys(G);
+    if (keys.length !== baseline.size) {
+      for (const key of keys) {
+        if (!baseline.has(key) && !deleteProperty(G, key)) markDirty();
+      }
+    }
+    if (getPrototypeOf(G) !== globalProto || !isExtensible(G)) markDirty();
+  }
+
+  // The engine serialises an eval's completion value after draining its jobs, so this reports the
+  // state the run settled in: "timers" (fire the next one), "done" or "pending" (awaits forever).
+  const status = freeze({
+    toJSON() {
+      if (timers.length > 0) return 'timers';
+      end();
+      return finished ? 'done' : 'pending';
+    },
+  });
+
+  function tick() {
+    fireNextTimer();
+    return status;
+  }
+
   // ---- install globals ----
-  defineProperty(G, 'os', { value: os, writable: false, enumerable: false, configurable: false });
+  defineProperty(G, 'os', {
+    get() { return os; },
+    set(_) { throw new TypeError('os is read-only'); },
+    enumerable: false,
+    configurable: false,
+  });
   const shared = { console, URLSearchParams, btoa, atob, setTimeout, clearTimeout };
   for (const name of keysOf(shared)) {
     defineProperty(G, name, { value: shared[name], writable: true, enumerable: false, configurable: true });
   }
+  // The host drives runs and timers through this; a script calling it can only hurt its own run.
+  defineProperty(G, '__signfeed', { value: freeze({ run, tick }), writable: false, configurable: false });
 
-  // The host drives timers through this; it can only fire the script's own timers early.
-  defineProperty(G, '__signfeed', { value: freeze({ fireNextTimer }), writable: false, configurable: false });
+  // A FinalizationRegistry callback can fire during a later run; a run that creates one gets a fresh
+  // context afterwards.
+  if (typeof FinalizationRegistry === 'function') {
+    const Registry = FinalizationRegistry;
+    const handler = freeze({
+      construct(target, args, newTarget) {
+        markDirty();
+        return construct(target, args, newTarget);
+      },
+    });
+    const guarded = new SafeProxy(Registry, handler);
+    defineProperty(Registry.prototype, 'constructor', { value: guarded });
+    defineProperty(G, 'FinalizationRegistry', { value: guarded });
+  }
+
+  // ---- hardening ----
+  // Frozen, a property that ordinary code assigns on its own objects makes that assignment fail when
+  // the object merely inherits it (the "override mistake": `Foo.prototype.constructor = Foo`,
+  // `this.name = 'ApiError'` in an Error subclass). These few become accessors whose setter defines
+  // the property on the receiver, and does nothing when the receiver is frozen (an intrinsic itself).
+  // One getter/setter pair per name, not per property: the engine walks every live object twice per
+  // evaluation, so each closure kept here costs every later run.
+  const overridable = [
+    [ObjectProto, ['constructor', 'toString', 'toLocaleString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf',
+      'propertyIsEnumerable']],
+    [Function.prototype, ['toString']],
+    [Err.prototype, ['toString']],
+  ];
+  const errors = [Err, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError, AggregateError];
+  if (typeof InternalError === 'function') errors.push(InternalError);  // QuickJS's own (too much recursion)
+  for (const E of errors) overridable.push([E.prototype, ['constructor', 'name', 'message']]);
+  const tamed = new SafeMap();
+
+  function tame(obj, key) {
+    let entry = tamed.get(key);
+    if (entry === undefined) {
+      const homes = new SafeMap();
+      entry = {
+        homes,
+        get() {
+          // The first intrinsic on the receiver's chain that holds the name is the one being read.
+          for (let o = this; o !== undefined && o !== null; o = getPrototypeOf(o)) {
+            const value = homes.get(o);
+            if (value !== undefined) return value;
+          }
+          return undefined;
+        },
+        set(value) {
+          if ((typeof this === 'object' && this !== null) || typeof this === 'function') {
+            reflectDefine(this, key, { value, writable: true, enumerable: true, configurable: true });
+          }
+        },
+      };
+      tamed.set(key, entry);
+    }
+    const desc = getOwnPropertyDescriptor(obj, key);
+    entry.homes.set(obj, desc.value);
+    defineProperty(obj, key, { get: entry.get, set: entry.set, enumerable: desc.enumerable, configurable: false });
+  }
+
+  // Freeze everything reachable from the roots through properties and prototypes, except globalThis.
+  function harden(roots) {
+    const seen = new SafeSet();
+    seen.add(G);
+    const stack = roots;
+    while (stack.length > 0) {
+      const obj = stack.pop();
+      if ((typeof obj !== 'object' || obj === null) && typeof obj !== 'function') continue;
+      if (seen.has(obj)) continue;
+      seen.add(obj);
+      for (const key of ownKeys(obj)) {
+        const desc = getOwnPropertyDescriptor(obj, key);
+        if ('value' in desc) {
+          stack.push(desc.value);
+        } else {
+          stack.push(desc.get, desc.set);
+        }
+      }
+      freeze(obj);
+      stack.push(getPrototypeOf(obj));
+    }
+  }
+
+  for (const [obj, keys] of overridable) {
+    for (const key of keys) tame(obj, key);
+  }
+
+  // These two are setters on the Error constructor that change how the engine builds every later
+  // stack trace (a hook that would see later runs' errors); pin them to their defaults as plain data.
+  for (const key of ['prepareStackTrace', 'stackTraceLimit']) {
+    const desc = getOwnPropertyDescriptor(Err, key);
+    if (desc !== undefined && desc.set !== undefined) {
+      const value = apply(desc.get, Err, []);
+      defineProperty(Err, key, { value, writable: false, enumerable: desc.enumerable, configurable: false });
+    }
+  }
+
+  const roots = [];
+  for (const key of ownKeys(G)) {
+    const desc = getOwnPropertyDescriptor(G, key);
+    roots.push(desc.value, desc.get, desc.set);
+  }
+  // Intrinsics that no global names: the async function, generator and iterator prototypes.
+  roots.push(
+    async function () {},
+    function* () {},
+    async function* () {},
+    (function* () {})(),
+    (async function* () {})(),
+    [][Symbol.iterator](),
+    ''[Symbol.iterator](),
+    new Map()[Symbol.iterator](),
+    new Set()[Symbol.iterator](),
+    /x/g[Symbol.matchAll](''),
+  );
+  if (typeof Iterator === 'function') {
+    roots.push(Iterator.from({ next() { return { done: true }; } }), [].values().map((x) => x));
+  }
+  harden(roots);
+
+  // Lock every global binding that exists now, so a script can neither replace a built-in for the
+  // runs after it nor remove one (which also keeps the count in end() meaningful).
+  for (const key of ownKeys(G)) {
+    const desc = getOwnPropertyDescriptor(G, key);
+    if (desc.configurable || desc.writable) {
+      defineProperty(G, key, 'value' in desc ? { writable: false, configurable: false } : { configurable: false });
+    }
+  }
+  baseline = new SafeSet(ownKeys(G));
+  globalProto = getPrototypeOf(G);
 })();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -16,17 +17,34 @@ from dukpy import _dukpy
 # This file also runs as `python -I worker/script_host.py`, so it imports nothing from `worker`.
 
 PRELUDE = Path(__file__).with_name("prelude.js").read_bytes()
-# Appended, never prepended, so the user's line numbers stay as written.
-DONE_MARK = "\n;globalThis.__sf_done = true;\n"
-# An import that can never resolve: QuickJS parses the whole module, then fails before running any of it.
+# Evaluated as a module under this name, so the shim's stack frames never look like the user's.
+PRELUDE_NAME = "signfeed:prelude"
+# User code runs as the body of an async arrow in a classic script: top-level await works, its
+# declarations stay local to the run, and the prefix sits on the user's first line, so every line
+# number in an error is the user's. (Only columns on line 1 shift.)
+ARROW_HEAD = "async () => {"
+ARROW_TAIL = "\n}"
+# A syntax check puts a throw first: the engine parses the whole script, then stops at that statement.
+CHECK_SENTINEL = "signfeed:syntax-check-only"
+# A module parse (the old check) pins a stray `}` to its own line; see _stray_brace. The import can
+# never resolve, so QuickJS parses the whole module and fails before running any of it.
 CHECK_MODULE = "signfeed:syntax-check-only"
 CHECK_MARK = f'\n;import "{CHECK_MODULE}";\n'
+# Classic scripts all run under this name, whatever name the host passes.
+SCRIPT_NAME = "<dukpy>"
+# A reused context is replaced after this many runs, or once the process has grown this much since
+# the context was built; both are safety nets against slow accumulation inside the engine.
+RECYCLE_RUNS = 500
+RECYCLE_GROWTH_BYTES = 32 * 1024 * 1024
+RECYCLE_MEMORY_EVERY = 16  # runs between /proc reads for the growth check
 CONTEXT_PATHS = "request.url, request.method, request.body, request.headers.<name>, request.params.<name>"
 MAX_CONSOLE_LINES = 500
 MAX_CONSOLE_CHARS = 2000
 
-# Engine-side host: (op, args) -> {"ok": result} or {"error": message}.
-EngineHost = Callable[[str, dict[str, Any]], dict[str, Any]]
+_PAGE = resource.getpagesize()
+
+# Engine-side host: (op, args) -> {"ok": result} or {"error": message}, as a dict or already as JSON.
+EngineHost = Callable[[str, dict[str, Any]], dict[str, Any] | bytes]
 
 
 ConsoleSink = Callable[[str, str], None]
@@ -123,64 +141,140 @@ def _failure_kind(text: str) -> str:
     return "memory" if "out of memory" in first or "MemoryError" in first else "js"
 
 
+def _source(code: str) -> str:
+    """The code as the engine sees it, with a leading #! line turned into a comment (legal only at offset 0)."""
+    text = code.encode(errors="replace").decode()
+    return "//" + text[2:] if text.startswith("#!") else text
+
+
+def _js_length(text: str) -> int:
+    """Length in UTF-16 code units, as JavaScript counts it."""
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def _user_frames(text: str, path: str) -> str:
+    """Name the user's file in the engine's stack: the wrapped code's frames are the only script frames
+    that are not the host's own `<eval>` top level."""
+    head, sep, stack = text.partition("\n    at ")
+    if not sep:
+        return text
+    stack = stack.replace(f"<eval> ({SCRIPT_NAME}:", "<eval> (signfeed:driver:").replace(f"{SCRIPT_NAME}:", f"{path}:")
+    return head + sep + stack
+
+
+def _stray_brace(code: str, path: str) -> str | None:
+    """The module parser's error if it stops at a `}` that closes nothing, else None.
+
+    Inside the wrapper such a brace closes the arrow itself, so the parser only complains at some later
+    token, often past the user's last line; parsed as a module, the code fails at the brace.
+    """
+    try:
+        _dukpy.eval_string(_Bare(), (code + CHECK_MARK).encode(errors="replace"), b"{}", True, path)
+    except dukpy.JSRuntimeError as exc:
+        text = str(exc)
+        if text.startswith("SyntaxError") and text.split("\n", 1)[0].endswith("'}'"):
+            return text
+    return None
+
+
+def _engine_error(text: str, code: str, path: str) -> str:
+    """The engine's error text as the user should see it: their file named in the frames, a stray `}` found."""
+    if text.startswith("SyntaxError") and f"\n    at {SCRIPT_NAME}:" in text:  # raised by the parser, not at run time
+        stray = _stray_brace(code, path)
+        if stray is not None:
+            return stray
+    return _user_frames(text, path)
+
+
+@functools.cache
+def _statm_fd() -> int:
+    """A descriptor on /proc/self/statm, kept open: re-reading it is one pread, opening it is several calls."""
+    return os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _memory() -> tuple[int, int]:
+    """(mapped, resident) bytes of this process (Linux)."""
+    mapped, resident = os.pread(_statm_fd(), 128, 0).split()[:2]
+    return int(mapped) * _PAGE, int(resident) * _PAGE
+
+
 class Engine:
-    """Runs each script in a fresh QuickJS context with the shim loaded; dukpy calls back into it."""
+    """Runs scripts in one hardened QuickJS context with the shim loaded; dukpy calls back into it."""
 
     def __init__(self) -> None:
         self._run: _Run | None = None
         self._dirty = True
+        self._runs = 0
+        self._resident = 0
         self.prepare()
 
     def prepare(self) -> None:
-        """Build the next run's context now (the helper does this while idle, off the critical path)."""
-        # A fresh context per run, not a reused one: QuickJS keeps every evaluated module for the
-        # context's lifetime (each eval gets slower and memory grows), and deleting added globals
-        # cannot undo a patched prototype. Building one costs about 1 ms.
-        if self._dirty:
-            self._ctx = _dukpy.create_context()
-            self._eval(PRELUDE, module=False)
-            self._dirty = False
+        """Replace the context if it is due (the helper does this while idle, off the critical path)."""
+        # One context serves many runs: building one (engine, shim, hardening) costs about 5 ms of CPU,
+        # many times a run. The shim freezes the intrinsics and deletes each run's globals; a run that
+        # fails, or trips one of the shim's checks, may have left something behind and marks it dirty.
+        if not self._due():
+            return
+        self._ctx = _dukpy.create_context()
+        self._eval(PRELUDE, module=True, filename=PRELUDE_NAME)
+        self._dirty = False
+        self._runs = 0
+        self._resident = _memory()[1]
 
-    def _eval(self, code: bytes, module: bool, filename: str = "signfeed") -> Any:
-        """Evaluate code and decode the JSON completion value."""
-        result = _dukpy.eval_string(self, code, b"{}", module, filename)
-        return None if result is None else json.loads(result)
+    def _due(self) -> bool:
+        """Whether the context must be replaced before the next run."""
+        if self._dirty or self._runs >= RECYCLE_RUNS:
+            return True
+        if self._runs % RECYCLE_MEMORY_EVERY:
+            return False
+        return _memory()[1] - self._resident > RECYCLE_GROWTH_BYTES
+
+    def _eval(self, code: bytes, module: bool = False, filename: str = SCRIPT_NAME) -> bytes | None:
+        """Evaluate code; the raw JSON of its completion value (serialised after the engine drains its jobs)."""
+        result: bytes | None = _dukpy.eval_string(self, code, b"{}", module, filename)
+        return result
 
     def run(
         self, code: str, path: str, request: dict[str, Any], host: EngineHost, console: ConsoleSink
     ) -> dict[str, Any]:
         """Run a script to completion (timers included) and return the request it left, or raise."""
         self.prepare()
-        self._dirty = True
+        self._runs += 1
         state = self._run = _Run(request, host, console)
+        arrow = ARROW_HEAD + _source(code) + ARROW_TAIL
+        settled = False
         try:
-            self._eval((code + DONE_MARK).encode(errors="replace"), module=True, filename=path)
-            while self._eval(b"__signfeed.fireNextTimer()", module=False):
-                pass
-            if not self._eval(b"globalThis.__sf_done === true", module=False):
+            status = self._eval(f"__signfeed.run({_js_length(arrow)}, {arrow});".encode())
+            while status == b'"timers"':
+                status = self._eval(b"__signfeed.tick()")
+            if status != b'"done"':
                 raise ScriptFailure("unfinished", "")
+            settled = True
         except dukpy.JSRuntimeError as exc:
-            raise ScriptFailure(_failure_kind(str(exc)), str(exc)) from None
+            raise ScriptFailure(_failure_kind(str(exc)), _engine_error(str(exc), code, path)) from None
         except MemoryError:
             raise ScriptFailure("memory", "MemoryError") from None
         finally:
             self._run = None
+            if not settled:
+                self._dirty = True  # queued jobs, a pending promise or half-done state may be left behind
         return state.request
 
     @staticmethod
     def check(code: str, path: str) -> str | None:
-        """Parse code as a module without running it; return the engine's error text, or None."""
+        """Parse code exactly as a run would, without running it; return the engine's error text, or None."""
+        text = f'throw "{CHECK_SENTINEL}";({ARROW_HEAD}{_source(code)}{ARROW_TAIL});'
         try:
-            _dukpy.eval_string(_Bare(), (code + CHECK_MARK).encode(errors="replace"), b"{}", True, path)
+            _dukpy.eval_string(_Bare(), text.encode(), b"{}", False, path)
         except dukpy.JSRuntimeError as exc:
-            text = str(exc)
-            return None if f"'{CHECK_MODULE}'" in text.split("\n", 1)[0] else text
+            error = str(exc)
+            return None if error.split("\n", 1)[0] == CHECK_SENTINEL else _engine_error(error, code, path)
         return "internal error: the syntax check ran the script"
 
     # ---- dukpy host protocol ----
     def _check_exported_function_exists(self, name: bytes) -> bool:
-        """Only the shim's three entry points exist."""
-        return name in (b"sf_console", b"sf_context", b"sf_host")
+        """Only the shim's entry points exist."""
+        return name in (b"sf_console", b"sf_context", b"sf_host", b"sf_dirty")
 
     def _call_python(self, name: bytes, json_args: bytes) -> bytes:
         """Serve a call from the shim; failures go back as {"error": ...} so JS throws a plain Error."""
@@ -189,10 +283,13 @@ class Engine:
             reply = self._dispatch(name.decode(), args)
         except ValueError as exc:
             reply = {"error": str(exc)}
-        return json.dumps(reply).encode()
+        return reply if isinstance(reply, bytes) else json.dumps(reply).encode()
 
-    def _dispatch(self, name: str, args: list[Any]) -> dict[str, Any]:
+    def _dispatch(self, name: str, args: list[Any]) -> dict[str, Any] | bytes:
         """Route a shim call to the current run."""
+        if name == "sf_dirty":
+            self._dirty = True  # the shim saw something a later run must not inherit
+            return {"ok": None}
         run = self._run
         if run is None:
             return {"error": "no script is running"}
@@ -236,8 +333,7 @@ class _Limits:
 
     def apply(self, memory_mb: int, timeout: float) -> None:
         """Allow memory_mb on top of what the process maps now, and bound CPU time."""
-        with open("/proc/self/statm") as statm:  # Linux: what the address space holds right now
-            mapped = int(statm.read().split()[0]) * resource.getpagesize()
+        mapped = _memory()[0]
         resource.setrlimit(resource.RLIMIT_AS, (mapped + memory_mb * _MB, self._as[1]))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         spent = usage.ru_utime + usage.ru_stime
@@ -270,11 +366,11 @@ class _Channel:
         """Stream a console line, so the parent still has it if the run is killed."""
         self.send({"t": "console", "level": level, "text": text})
 
-    def host(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Ask the parent to perform a host call and wait for its reply."""
+    def host(self, op: str, args: dict[str, Any]) -> bytes:
+        """Ask the parent to perform a host call and wait for its reply, passed on to the engine as it came."""
         self.send({"t": "host", "op": op, "args": args})
-        reply = self.receive()
-        if reply is None:
+        reply = self._inp.readline()
+        if not reply:
             os._exit(0)  # the parent is gone; an exception here would only become a catchable JS error
         return reply
 
