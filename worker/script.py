@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any
 
 from worker.errors import ScriptError, WorkerError
-from worker.script_host import Engine, ScriptFailure
 
 HostCall = Callable[[str, dict[str, Any]], dict[str, Any]]
 
@@ -363,6 +362,9 @@ class InProcessRunner:
     """Same engine and shim in this process, without isolation or limits (benchmark baseline only)."""
 
     def __init__(self) -> None:
+        # Imported here: the worker process itself never loads the JavaScript engine (about 10 MB).
+        from worker.script_host import Engine
+
         self._engine = Engine()
         self._lock = threading.Lock()
 
@@ -376,6 +378,8 @@ class InProcessRunner:
         def sink(level: str, text: str) -> None:
             console.append((level, text))
 
+        from worker.script_host import ScriptFailure
+
         with self._lock:
             try:
                 request = self._engine.run(job.code, job.path, job.request, host, sink)
@@ -385,7 +389,7 @@ class InProcessRunner:
 
     def check(self, code: str, path: str) -> None:
         """Syntax-check a script without running it."""
-        text = Engine.check(code, path)
+        text = self._engine.check(code, path)
         if text is not None:
             raise _check_error(path, code, text)
 
