@@ -155,6 +155,14 @@ def test_start_fetches_missing_or_old_data_at_once_and_fresh_data_at_its_phase(a
     assert overdue(source, None if age is None else now - timedelta(seconds=age), now) is expected
 
 
+@pytest.mark.parametrize(("due", "concurrency", "seconds"), [(5, 8, 0.0625), (10_000, 32, 31.25), (0, 8, 0.0)])
+def test_start_up_pulls_are_spread_only_as_much_as_the_threads_need(due: int, concurrency: int,
+                                                                    seconds: float) -> None:
+    from worker.scheduler import startup_window
+
+    assert startup_window(due, concurrency) == seconds
+
+
 def test_interval_trigger_starts_at_the_sources_phase_and_returns_to_it_after_a_forced_run() -> None:
     from worker.scheduler import phase
 

@@ -99,6 +99,16 @@ class PhasedIntervalTrigger(BaseTrigger):
         return f"every {self.every:g}s from {self.start:%H:%M:%S} UTC"
 
 
+# Pulls one worker thread is assumed to finish per second at start-up (100 ms each): enough to spread 10,000
+# first pulls over half a minute on 32 threads, while a handful of sources all start at once.
+STARTUP_PULLS_PER_THREAD = 10
+
+
+def startup_window(due: int, concurrency: int) -> float:
+    """Seconds over which the first pulls at start-up are spread so the thread pool keeps up with them."""
+    return due / (concurrency * STARTUP_PULLS_PER_THREAD)
+
+
 def trigger_for(source: Source, timezone: str, now: datetime | None = None) -> BaseTrigger:
     """The APScheduler trigger for a source's `every` (phased by name) or `cron`."""
     if source.cron:
@@ -142,11 +152,17 @@ class Daemon:
         self.scheduler.add_listener(_on_skipped, EVENT_JOB_MAX_INSTANCES)
         now = self.deps.clock()
         successes = self.deps.store.last_successes()
+        due_now = {s.name for s in self.config.sources if overdue(s, successes.get(s.name), now)}
+        window = startup_window(len(due_now), self.config.worker.concurrency)
         for source in self.config.sources:
             last = successes.get(source.name)
             if last is not None:
                 self.stale_due[source.name] = last + timedelta(seconds=source.stale_after)
-            self._schedule(source, now, first_run=now if overdue(source, last, now) else None)
+            first = None
+            if source.name in due_now:
+                period = source.every or source.stale_after / 3
+                first = now + timedelta(seconds=min(window, period) * phase(source.name, period) / period)
+            self._schedule(source, now, first_run=first)
         self.scheduler.add_job(self.sweep_stale, "interval", seconds=STALE_SWEEP, id="stale-sweep",
                                next_run_time=now)
 
