@@ -7,7 +7,7 @@
    answers the token request at once, in ScriptRunner (a warm helper process, as shipped) and in InProcessRunner
    (same engine and shim in this process). Rounds alternate which runner goes first so machine noise hits both;
    the overhead is the median of the per-round differences. CPU = this process + the helper (/proc).
-   Also: one run's latency after an idle gap (the helper builds its next context while idle).
+   Also: one run's latency after a 20 ms idle gap (a helper process that slept must be woken; the daemon's usual case).
 2. Kill latency: a warm ScriptRunner given `while (true) {}` with timeout=1 s, start to ScriptError.
 3. The same on the real scheduler: worker.scheduler.Daemon (as `signfeed run` builds it, real run_source) with a
    1 s-interval source `tick` (seed script, real HTTP to a loopback mock API) and a source `spin`
