@@ -5,15 +5,16 @@
     .venv/bin/python bench/scale.py --jitter 60     # the same with `jitter = 60` on every source
 
 The worker side is signfeed's own daemon, worker.scheduler.Daemon as `signfeed run` builds it (config.load, open_deps,
-one APScheduler job per source, all first runs at start-up, the real run_source; no pre-request script; one JSON
-feed per source, no HTML feeds). The API is
-bench/_mockapi.py in its own process (asyncio, answers every request 100 ms after it arrives; each source's body
-changes on every 10th request to it, offset by source, so ~10% of the sources change each minute).
+one APScheduler job per source, first runs spread over the start-up window, the real run_source; no pre-request
+script; one JSON feed per source, no HTML feeds). The API is bench/_mockapi.py in its own process (asyncio,
+answers every request 100 ms after it arrives; each source's body changes on every 10th request to it, offset by
+source, so ~10% of the sources change each minute).
 
 Start lateness = the moment the scheduler's job function (Daemon.run_job) is entered minus the run's scheduled time
 (from APScheduler's EVENT_JOB_EXECUTED), split into scheduler lag (EVENT_JOB_SUBMITTED) and executor queue wait.
 Missed runs = EVENT_JOB_MISSED + EVENT_JOB_MAX_INSTANCES + scheduled times that never ran (coalesced or not
-submitted by the end): every source should run at start-up and at every multiple of --every up to --duration.
+submitted by the end): every source should run at its start-up time and then at every fire its own trigger plans
+(its phase grid, at least half a period after the previous fire) up to --duration.
 The daemon is stopped --margin seconds after --duration, and its runs in flight and queued are allowed to finish.
 """
 
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +247,10 @@ def _run_daemon(args: argparse.Namespace, scheduler_mod: Any, config_path: Path,
               stages=stages)
     recorder.listen(daemon.scheduler)
     sampler = Sampler(recorder, db, api.pid)
-    # Every source's first run is due at start-up (start_now), all at the same instant (unless staggered).
-    out.first = {j.id: j.next_run_time.timestamp() for j in daemon.scheduler.get_jobs() if ":" not in j.id}
+    # First runs are spread over the start-up window; later ones follow each source's phased trigger.
+    jobs = [j for j in daemon.scheduler.get_jobs() if ":" not in j.id]
+    out.first = {j.id: j.next_run_time.timestamp() for j in jobs}
+    out.triggers = {j.id: j.trigger for j in jobs}
     out.t0 = min(out.first.values())
     sampler.sample()
     thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="daemon")
@@ -299,34 +303,29 @@ def _lateness_rows(runs: list[tuple[str, float, float, float, float, bool]]) -> 
     return rows
 
 
-def _expected_times(job: str, first: float, stop: float, every: float) -> set[float]:
-    """The start-up run, then the source's phase grid (worker.scheduler.PhasedIntervalTrigger), relative to it."""
-    import worker.scheduler as scheduler_mod
-
-    offset = getattr(scheduler_mod, "phase", lambda name, period: 0.0)(job, every)
-    times = {0.0}
-    k = 0
-    while (at := offset + k * every) <= stop - first:
-        if at >= every / 2:  # the trigger's next fire is at least half a period after the previous one
-            times.add(round(at, 3))
-        k += 1
+def _expected_times(trigger: Any, first: float, stop: float) -> set[float]:
+    """The start-up run, then every fire the source's own trigger plans after it up to the stop."""
+    times, previous = {round(first, 3)}, datetime.fromtimestamp(first, UTC)
+    while (fire := trigger.get_next_fire_time(previous, previous)) is not None and fire.timestamp() <= stop:
+        times.add(round(fire.timestamp(), 3))
+        previous = fire
     return times
 
 
 def _missed(out: Run) -> tuple[int, str]:
-    """Scheduled times (first + k*every up to the stop) that never ran, and how that was counted."""
+    """Fires the triggers planned from each first run up to the stop that never ran, and how that was counted."""
     args, rec = out.args, out.rec
     events = f"EVENT_JOB_MISSED {rec.missed}, EVENT_JOB_MAX_INSTANCES {rec.max_instances} (runs skipped)"
     per_source: dict[str, set[float]] = defaultdict(set)
     for job, scheduled, *_ in out.runs:
-        per_source[job].add(round(scheduled - out.first.get(job, out.t0), 3))
+        per_source[job].add(round(scheduled, 3))
     if args.jitter:
         counts = sorted(len(v) for v in per_source.values()) + [0] * (args.sources - len(per_source))
         return rec.missed + rec.max_instances, (f"{events}; with jitter runs per source: min {counts[0]}, "
                                                 f"median {common.median(counts):g}, max {counts[-1]}")
     never = total = 0
     for job, first in out.first.items():
-        expected = _expected_times(job, first, out.stop_time, args.every)
+        expected = _expected_times(out.triggers[job], first, out.stop_time)
         total += len(expected)
         never += len(expected - per_source.get(job, set()))
     return never, f"of {total:,} scheduled never ran; {events}"

@@ -12,7 +12,7 @@ import pytest
 from conftest import Api, Project, seed_config
 
 from worker.config import Source
-from worker.scheduler import Daemon, LocalCronTrigger, trigger_for
+from worker.scheduler import REDRAW_JOB, SWEEP_JOB, Daemon, LocalCronTrigger, trigger_for
 
 NY = ZoneInfo("America/New_York")
 
@@ -78,22 +78,31 @@ def daemon_for(project: Project, api: Api, make_deps, extra: str = "") -> Daemon
 def test_reload_reschedules_changed_added_and_removed_sources(api: Api, project: Project, make_deps) -> None:
     api.json("/menu", {"items": []})
     daemon = daemon_for(project, api, make_deps)
-    assert {j.id for j in daemon.scheduler.get_jobs()} == {"menu", "stale-sweep"}
+    assert {j.id for j in daemon.scheduler.get_jobs()} == {"menu", SWEEP_JOB}
     project.write("config.toml", seed_config(api).replace('every = "5m"', 'every = "1m"').replace(
         'name = "menu"', 'name = "lunch"') .replace('sources = ["menu"]', 'sources = ["lunch"]')
         + f'\n[[sources]]\nname = "weather"\nurl = "{api.url}/weather"\ncron = "*/10 * * * *"\n')
     assert daemon.reload() is True
     jobs = {j.id: j for j in daemon.scheduler.get_jobs()}
-    assert set(jobs) == {"lunch", "weather", "stale-sweep", "reload-render"}  # templates may have changed
+    assert set(jobs) == {"lunch", "weather", SWEEP_JOB, REDRAW_JOB}  # templates may have changed
     assert jobs["lunch"].trigger.every == 60.0
     assert isinstance(jobs["weather"].trigger, LocalCronTrigger)
+
+
+def test_a_source_named_like_a_daemon_job_does_not_replace_it(api: Api, project: Project, make_deps) -> None:
+    config = seed_config(api).replace('name = "menu"', 'name = "stale-sweep"').replace(
+        'sources = ["menu"]', 'sources = ["stale-sweep"]')
+    loaded = project.config(config)
+    daemon = Daemon(str(loaded.path), deps=make_deps(loaded))
+    jobs = sorted((j.id, j.func.__name__) for j in daemon.scheduler.get_jobs())
+    assert jobs == [("signfeed:stale-sweep", "sweep_stale"), ("stale-sweep", "run_job")]
 
 
 def test_reload_with_broken_config_keeps_the_running_one(api: Api, project: Project, make_deps, caplog) -> None:
     daemon = daemon_for(project, api, make_deps)
     project.write("config.toml", seed_config(api) + "\nbogus = 1\n")
     assert daemon.reload() is False
-    assert {j.id for j in daemon.scheduler.get_jobs()} == {"menu", "stale-sweep"}
+    assert {j.id for j in daemon.scheduler.get_jobs()} == {"menu", SWEEP_JOB}
     assert daemon.config.source("menu").every == 300.0
     assert ("reload rejected, keeping the running config: config.toml: [[feeds]] \"board.html\": "
             "unknown key 'bogus'") in caplog.text
@@ -155,7 +164,7 @@ def test_start_fetches_missing_or_old_data_at_once_and_fresh_data_at_its_phase(a
     assert overdue(source, None if age is None else now - timedelta(seconds=age), now) is expected
 
 
-@pytest.mark.parametrize(("due", "concurrency", "seconds"), [(5, 8, 0.0625), (10_000, 32, 31.25), (0, 8, 0.0)])
+@pytest.mark.parametrize(("due", "concurrency", "seconds"), [(5, 8, 0.078125), (10_000, 32, 39.0625), (0, 8, 0.0)])
 def test_start_up_pulls_are_spread_only_as_much_as_the_threads_need(due: int, concurrency: int,
                                                                     seconds: float) -> None:
     from worker.scheduler import startup_window

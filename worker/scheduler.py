@@ -99,9 +99,14 @@ class PhasedIntervalTrigger(BaseTrigger):
         return f"every {self.every:g}s from {self.start:%H:%M:%S} UTC"
 
 
-# Pulls one worker thread is assumed to finish per second at start-up (100 ms each): enough to spread 10,000
-# first pulls over half a minute on 32 threads, while a handful of sources all start at once.
-STARTUP_PULLS_PER_THREAD = 10
+# Pulls one worker thread is assumed to finish per second at start-up: 100 ms each would allow 10, and 8 leaves a
+# fifth of the pool spare so first pulls don't queue behind each other (bench/scale.py --quick: first-run lateness
+# p99 545 ms at 10, see CHANGELOG). 10,000 first pulls spread over 39 s on 32 threads; a handful start at once.
+STARTUP_PULLS_PER_THREAD = 8
+
+# The daemon's own jobs: a ':' can't be in a source name, so no source's job can replace them.
+SWEEP_JOB = "signfeed:stale-sweep"
+REDRAW_JOB = "signfeed:reload-render"
 
 
 def startup_window(due: int, concurrency: int) -> float:
@@ -163,7 +168,7 @@ class Daemon:
                 period = source.every or source.stale_after / 3
                 first = now + timedelta(seconds=min(window, period) * phase(source.name, period) / period)
             self._schedule(source, now, first_run=first)
-        self.scheduler.add_job(self.sweep_stale, "interval", seconds=STALE_SWEEP, id="stale-sweep",
+        self.scheduler.add_job(self.sweep_stale, "interval", seconds=STALE_SWEEP, id=SWEEP_JOB,
                                next_run_time=now)
 
     def _validate(self, config: Config) -> None:
@@ -263,7 +268,7 @@ class Daemon:
                 self.scheduler.remove_job(name)
             self.stale_due.pop(name, None)
         # Templates may have changed: redraw every feed from stored data, off the main thread.
-        self.scheduler.add_job(self._render_all, id="reload-render", replace_existing=True)
+        self.scheduler.add_job(self._render_all, id=REDRAW_JOB, replace_existing=True)
         log.info("signfeed: reloaded %s (%d sources)", self.config_path, len(new.sources))
         return True
 
