@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -463,6 +465,16 @@ console.log(typeof globalThis.call_python);
         host,
     )
     assert lines == ["undefined"]
+
+
+def test_helper_loads_only_the_engine_extension_not_dukpys_npm_installer():
+    # dukpy/__init__ pulls in urllib and http.client for its npm installer: ~11 MB in every helper.
+    heavy = "('dukpy', 'dukpy.install', 'urllib.request', 'http.client')"
+    probe = ("import sys; sys.path.append(sys.argv[1]); import worker.script_host; "
+             f"print(sorted(m for m in {heavy} if m in sys.modules))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shown = subprocess.run([sys.executable, "-I", "-c", probe, root], capture_output=True, text=True, check=True)
+    assert shown.stdout == "[]\n"
 
 
 def test_helper_environment_holds_no_secrets(monkeypatch):

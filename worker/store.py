@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, text
+from sqlalchemy import Engine, Table, create_engine, event, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
@@ -177,7 +177,8 @@ class Store:
         with self._tx() as conn:
             _insert_run(conn, run)
             if snapshot is not None:
-                _insert_snapshot(conn, snapshot, keep)
+                _insert_snapshot(conn, (snapshot.source, snapshot.fetched_at, snapshot.http_status,
+                                        snapshot.content_hash, snapshot.data), keep)
 
     def record_pull(self, run: Run, body: str | None, digest: str | None, http_status: int,
                     keep: int) -> PullRecord:
@@ -194,8 +195,8 @@ class Store:
             fetched_at = run.started_at if changed else (latest[1] if latest else None)
             _insert_run(conn, run)
             if changed and body is not None and digest is not None:
-                _insert_snapshot(conn, Snapshot(source=source, fetched_at=run.started_at, http_status=http_status,
-                                                content_hash=digest, data=body), keep)
+                # A plain row, not a Snapshot: building a SQLModel object costs more than the insert.
+                _insert_snapshot(conn, (source, run.started_at, http_status, digest, body), keep)
         return PullRecord(
             previous_status=previous[0] if previous else None,
             previous_success_at=parse_iso(last_ok[1]) if last_ok else None,
@@ -264,15 +265,15 @@ def _insert_run(conn: Any, run: Run) -> None:
         _prune(conn, RUNS, run.source, RUNS_KEPT)
 
 
-def _insert_snapshot(conn: Any, snapshot: Snapshot, keep: int) -> None:
-    conn.exec_driver_sql(SQL_INSERT_SNAPSHOT, (snapshot.source, snapshot.fetched_at, snapshot.http_status,
-                                               snapshot.content_hash, snapshot.data))
-    _prune(conn, SNAPSHOTS, snapshot.source, keep)
+def _insert_snapshot(conn: Any, row: tuple[str, str, int, str, str], keep: int) -> None:
+    """Insert (source, fetched_at, http_status, content_hash, data) and keep the source's newest `keep`."""
+    conn.exec_driver_sql(SQL_INSERT_SNAPSHOT, row)
+    _prune(conn, SNAPSHOTS, row[0], keep)
 
 
 def _prune(conn: Any, table: Table, source: str, keep: int) -> None:
-    cutoff = conn.execute(
-        select(table.c.id).where(table.c.source == source).order_by(table.c.id.desc()).offset(keep).limit(1)
-    ).scalar()
-    if cutoff is not None:
-        conn.execute(delete(table).where(table.c.source == source, table.c.id <= cutoff))
+    # One statement on the (source, id) index: the subquery finds the newest row to drop.
+    conn.exec_driver_sql(
+        f"DELETE FROM {table.name} WHERE source = ? AND id <= "
+        f"(SELECT id FROM {table.name} WHERE source = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        (source, source, keep))
