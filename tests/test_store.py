@@ -1,9 +1,10 @@
 """The snapshot database: WAL, state derived from runs, retention, owner-only file."""
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.store import FAILED, OK, Run, Snapshot, Store, encode_data
+from worker.store import FAILED, OK, RUNS_KEPT, UNCHANGED, Run, RunRow, Snapshot, Store, encode_data
 
 
 def run(status: str, n: int = 0, error: str | None = None) -> Run:
@@ -43,3 +44,30 @@ def test_keep_prunes_oldest_snapshots(tmp_path: Path) -> None:
 
 def test_same_data_hashes_the_same_whatever_key_order() -> None:
     assert encode_data({"a": 1, "b": 2})[1] == encode_data({"b": 2, "a": 1})[1]
+
+
+def pull_row(source: str, n: int) -> RunRow:
+    t = f"2026-12-03T12:{n // 60:02d}:{n % 60:02d}.000000+00:00"
+    return RunRow(source=source, started_at=t, finished_at=t, status=OK, duration_ms=1.0)
+
+
+def test_record_pull_marks_same_data_unchanged_and_stores_one_snapshot(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    body, digest = encode_data({"x": 1})
+    first = store.record_pull(pull_row("menu", 1), body, digest, 200, keep=10)
+    second = store.record_pull(pull_row("menu", 2), body, digest, 200, keep=10)
+    assert (first.status, first.changed, second.status, second.changed) == (OK, True, UNCHANGED, False)
+    assert second.fetched_at == datetime(2026, 12, 3, 12, 0, 1, tzinfo=UTC)
+    assert [r.status for r in store.runs("menu")] == [UNCHANGED, OK]
+    assert len(store.snapshots("menu")) == 1
+
+
+def test_runs_are_pruned_to_the_newest_hundred_per_source_leaving_other_sources(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    store.record_pull(pull_row("other", 0), None, None, 0, keep=10)
+    for n in range(1, 250):  # ids 2..250: the 250th insert prunes "menu"
+        store.record_pull(pull_row("menu", n), None, None, 0, keep=10)
+    kept = store.runs("menu", limit=1000)
+    assert (len(kept), kept[-1].started_at, kept[0].started_at) == (
+        RUNS_KEPT, pull_row("menu", 150).started_at, pull_row("menu", 249).started_at)
+    assert len(store.runs("other")) == 1

@@ -21,7 +21,7 @@ from worker.errors import FetchError, ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
 from worker.secrets import redact
-from worker.store import FAILED, OK, SKIPPED, Run, Store, encode_data, iso
+from worker.store import FAILED, OK, SKIPPED, RunRow, Store, encode_data, iso
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +293,14 @@ def _prefixed(name: str, message: str) -> str:
 
 def _store_and_publish(source: Source, config: Config, deps: Deps, result: RunResult, force: bool) -> None:
     """Record the run (with a snapshot when the data changed) and rewrite the feeds that changed."""
-    run = Run(source=source.name, started_at=iso(result.started_at), finished_at=iso(deps.clock()),
-              status=result.status, duration_ms=round(result.duration_ms, 3), error=result.error)
+    run = RunRow(source=source.name, started_at=iso(result.started_at), finished_at=iso(deps.clock()),
+                 status=result.status, duration_ms=round(result.duration_ms, 3), error=result.error)
     body = digest = None
     if result.ok:
         body, digest = encode_data(result.data)
     record = deps.store.record_pull(run, body, digest, result.response.status if result.response else 0,
                                     keep=source.keep)
-    result.status = run.status
+    result.status = record.status
     if result.status == FAILED:
         # The last good HTML stays byte-identical; only the JSON feed learns about the error.
         publish(config, deps, [source.name], templates=False, result=result)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,10 +87,23 @@ SQL_INSERT_SNAPSHOT = ("INSERT INTO snapshots (source, fetched_at, http_status, 
 PRUNE_EVERY = 50
 
 
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run as the pipeline records it: a plain row (a Run model object costs more to build than to insert)."""
+
+    source: str
+    started_at: str
+    finished_at: str
+    status: str
+    duration_ms: float
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class PullRecord:
     """What recording a pull found: the state before it, and whether the data was new."""
 
+    status: str  # as recorded: a success whose data matched the latest snapshot is `unchanged`
     previous_status: str | None
     previous_success_at: datetime | None
     changed: bool
@@ -168,36 +182,49 @@ class Store:
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"database error: {exc.__class__.__name__}: {getattr(exc, 'orig', None) or exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from None
+
+    @contextmanager
+    def _sql(self) -> Iterator[sqlite3.Cursor]:
+        """A plain sqlite3 cursor inside one transaction, for the per-pull queries: SQLAlchemy's statement
+        handling costs several times what SQLite itself spends on them."""
+        with self._tx() as conn:
+            cursor = conn.connection.driver_connection.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
 
     def close(self) -> None:
         self.engine.dispose()
 
     def record(self, run: Run, snapshot: Snapshot | None = None, keep: int = 100) -> None:
         """Write a run (and its new snapshot) and apply retention, all in one transaction."""
-        with self._tx() as conn:
-            _insert_run(conn, run)
+        with self._sql() as sql:
+            _insert_run(sql, (run.source, run.started_at, run.finished_at, run.status, run.duration_ms, run.error))
             if snapshot is not None:
-                _insert_snapshot(conn, (snapshot.source, snapshot.fetched_at, snapshot.http_status,
+                _insert_snapshot(sql, (snapshot.source, snapshot.fetched_at, snapshot.http_status,
                                         snapshot.content_hash, snapshot.data), keep)
 
-    def record_pull(self, run: Run, body: str | None, digest: str | None, http_status: int,
+    def record_pull(self, run: RunRow, body: str | None, digest: str | None, http_status: int,
                     keep: int) -> PullRecord:
         """Record one pull in one short transaction: a new snapshot only when the data's hash differs from
         the latest one (then the run says `unchanged`), plus what the feeds need to know about before."""
         source = run.source
-        with self._tx() as conn:
-            previous = conn.exec_driver_sql(SQL_LAST_RUN, (source,)).first()
-            last_ok = conn.exec_driver_sql(SQL_LAST_OK, (source, FAILED)).first()
-            latest = conn.exec_driver_sql(SQL_LATEST_SNAPSHOT_META, (source,)).first()
+        with self._sql() as sql:
+            previous = sql.execute(SQL_LAST_RUN, (source,)).fetchone()
+            last_ok = sql.execute(SQL_LAST_OK, (source, FAILED)).fetchone()
+            latest = sql.execute(SQL_LATEST_SNAPSHOT_META, (source,)).fetchone()
             changed = digest is not None and (latest is None or latest[0] != digest)
-            if digest is not None and not changed:
-                run.status = UNCHANGED
+            status = UNCHANGED if digest is not None and not changed else run.status
             fetched_at = run.started_at if changed else (latest[1] if latest else None)
-            _insert_run(conn, run)
+            _insert_run(sql, (source, run.started_at, run.finished_at, status, run.duration_ms, run.error))
             if changed and body is not None and digest is not None:
                 # A plain row, not a Snapshot: building a SQLModel object costs more than the insert.
-                _insert_snapshot(conn, (source, run.started_at, http_status, digest, body), keep)
+                _insert_snapshot(sql, (source, run.started_at, http_status, digest, body), keep)
         return PullRecord(
+            status=status,
             previous_status=previous[0] if previous else None,
             previous_success_at=parse_iso(last_ok[1]) if last_ok else None,
             changed=changed,
@@ -205,28 +232,28 @@ class Store:
         )
 
     def latest_snapshot(self, source: str) -> StoredSnapshot | None:
-        with self._tx() as conn:
-            row = conn.exec_driver_sql(
+        with self._sql() as sql:
+            row = sql.execute(
                 "SELECT source, fetched_at, http_status, content_hash, data FROM snapshots WHERE source = ? "
-                "ORDER BY id DESC LIMIT 1", (source,)).first()
+                "ORDER BY id DESC LIMIT 1", (source,)).fetchone()
         if row is None:
             return None
         return StoredSnapshot(row[0], datetime.fromisoformat(row[1]), row[2], row[3], json.loads(row[4]))
 
     def last_successes(self) -> dict[str, datetime]:
         """When each source last succeeded, in one scan (the daemon's start-up reads all of them)."""
-        with self._tx() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT source, max(finished_at) FROM runs WHERE status != ? GROUP BY source", (FAILED,)).all()
+        with self._sql() as sql:
+            rows = sql.execute(
+                "SELECT source, max(finished_at) FROM runs WHERE status != ? GROUP BY source", (FAILED,)).fetchall()
         return {row[0]: datetime.fromisoformat(row[1]) for row in rows}
 
     def state(self, source: str) -> SourceState:
         """Last success, last error and the failure streak, read from the runs table."""
-        with self._tx() as conn:
-            last_ok = conn.exec_driver_sql(SQL_LAST_OK, (source, FAILED)).first()
+        with self._sql() as sql:
+            last_ok = sql.execute(SQL_LAST_OK, (source, FAILED)).fetchone()
             ok_id = last_ok[0] if last_ok else 0
-            failed = conn.exec_driver_sql(SQL_FAILURES_SINCE, (source, FAILED, ok_id)).first()
-            last = conn.exec_driver_sql(SQL_LAST_RUN, (source,)).first()
+            failed = sql.execute(SQL_FAILURES_SINCE, (source, FAILED, ok_id)).fetchone()
+            last = sql.execute(SQL_LAST_RUN, (source,)).fetchone()
         failures = failed[0] if failed else 0
         return SourceState(
             last_success_at=parse_iso(last_ok[1]) if last_ok else None,
@@ -257,23 +284,23 @@ class Store:
             return conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
 
 
-def _insert_run(conn: Any, run: Run) -> None:
-    cursor = conn.exec_driver_sql(SQL_INSERT_RUN, (run.source, run.started_at, run.finished_at, run.status,
-                                                   run.duration_ms, run.error))
+def _insert_run(sql: sqlite3.Cursor, row: tuple[str, str, str, str, float, str | None]) -> None:
+    """Insert (source, started_at, finished_at, status, duration_ms, error); now and then prune old runs."""
+    sql.execute(SQL_INSERT_RUN, row)
     # Pruning scans `RUNS_KEPT` index entries; every 50th run is often enough to bound the table.
-    if cursor.lastrowid % PRUNE_EVERY == 0:
-        _prune(conn, RUNS, run.source, RUNS_KEPT)
+    if (sql.lastrowid or 0) % PRUNE_EVERY == 0:
+        _prune(sql, RUNS, row[0], RUNS_KEPT)
 
 
-def _insert_snapshot(conn: Any, row: tuple[str, str, int, str, str], keep: int) -> None:
+def _insert_snapshot(sql: sqlite3.Cursor, row: tuple[str, str, int, str, str], keep: int) -> None:
     """Insert (source, fetched_at, http_status, content_hash, data) and keep the source's newest `keep`."""
-    conn.exec_driver_sql(SQL_INSERT_SNAPSHOT, row)
-    _prune(conn, SNAPSHOTS, row[0], keep)
+    sql.execute(SQL_INSERT_SNAPSHOT, row)
+    _prune(sql, SNAPSHOTS, row[0], keep)
 
 
-def _prune(conn: Any, table: Table, source: str, keep: int) -> None:
+def _prune(sql: sqlite3.Cursor, table: Table, source: str, keep: int) -> None:
     # One statement on the (source, id) index: the subquery finds the newest row to drop.
-    conn.exec_driver_sql(
+    sql.execute(
         f"DELETE FROM {table.name} WHERE source = ? AND id <= "
         f"(SELECT id FROM {table.name} WHERE source = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
         (source, source, keep))
