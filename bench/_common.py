@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +27,23 @@ MIB = 1024 * 1024
 # Credentials the mock API accepts; no characters the seed script would need to percent-encode.
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-Secret_42"
+SEED_SCRIPT = REPO / "jobs" / "oauth_token.js"
+
+
+def seed_project(root: Path, api: str) -> str:
+    """A project folder with the shipped seed script in jobs/; returns the config's opening lines (its
+    [worker] and the [secrets] the seed script's placeholders need), for the caller to add sources to."""
+    (root / "jobs").mkdir(parents=True)
+    shutil.copy(SEED_SCRIPT, root / "jobs" / "oauth_token.js")
+    return f"""
+[worker]
+database = "sqlite:///data/signfeed.db"
+
+[secrets]
+CLIENT_ID = {{ value = "{CLIENT_ID}" }}
+CLIENT_SECRET = {{ value = "{CLIENT_SECRET}" }}
+OAUTH_AUTHENTICATION_URL = "{api}/token"
+"""
 
 
 # ---- header ----

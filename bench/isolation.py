@@ -36,7 +36,7 @@ from worker.errors import ScriptError
 from worker.script import InProcessRunner, ScriptJob, ScriptRunner
 
 REQUEST = {"method": "GET", "url": "https://api.example.com/menu", "headers": {}, "params": {}, "body": None}
-SEED_PATH = common.REPO / "jobs" / "oauth_token.js"
+SEED_PATH = common.SEED_SCRIPT
 TOKEN_REPLY = {"status": 200, "headers": {"content-type": "application/json"},
                "text": '{"access_token": "t0k3n-abcdef", "token_type": "Bearer", "expires_in": 3600}'}
 
@@ -142,18 +142,9 @@ def part_kill(repeats: int) -> list[str]:
 
 
 def _project(root: Path, api: str) -> Path:
-    (root / "jobs").mkdir(parents=True)
-    shutil.copy(SEED_PATH, root / "jobs" / "oauth_token.js")
+    head = common.seed_project(root, api)
     (root / "jobs" / "spin.js").write_text("while (true) {}\n")
-    (root / "config.toml").write_text(f"""
-[worker]
-database = "sqlite:///data/signfeed.db"
-
-[secrets]
-CLIENT_ID = {{ value = "{common.CLIENT_ID}" }}
-CLIENT_SECRET = {{ value = "{common.CLIENT_SECRET}" }}
-OAUTH_AUTHENTICATION_URL = "{api}/token"
-
+    (root / "config.toml").write_text(head + f"""
 [[sources]]
 name = "tick"
 url = "{api}/data/static"
