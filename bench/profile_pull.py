@@ -58,9 +58,7 @@ def _measure(args: argparse.Namespace, api: str, root: Path) -> tuple[float, flo
     if args.sources:
         config = config_mod.load(_scale_project(root / "p", api, args.sources, args.mode), environ={})
     else:
-        config, skipped = pull._load_config(root / "p", api, args.mode, use_auth=args.auth)
-        if config is None:
-            raise SystemExit(skipped)
+        config = pull._load_config(root / "p", api, args.mode, use_auth=args.auth)
     deps = open_deps(config)
     if args.runner == "inprocess":
         deps.scripts.close()

@@ -1,5 +1,6 @@
 """Placeholder substitution (`<NAME>`) and redaction of secret values from anything shown or stored."""
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -50,11 +51,19 @@ def _js_escape(value: str) -> str:
     return escaped.replace("'", "\\u0027").replace("`", "\\u0060").replace("${", "\\u0024{")
 
 
+@functools.lru_cache(maxsize=4096)
+def _forms(value: str) -> tuple[str, ...]:
+    """A value as it may appear in text: as is, percent- and form-encoded, JSON-escaped."""
+    # Cached: every pull masks several texts with the same few secrets, and encoding them each time cost
+    # more than the masking itself.
+    return tuple({value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]})
+
+
 def redact(text: str, values: Iterable[str]) -> str:
     """Mask every occurrence of each value, also in its common encodings (form, JSON escapes)."""
     for value in values:
         if len(value) < MIN_REDACT_LEN:
             continue
-        for form in {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}:
+        for form in _forms(value):
             text = text.replace(form, REDACTED)
     return text
