@@ -6,6 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import CLIENT_SECRET, Api, Project, seed_config
 
@@ -289,3 +290,32 @@ def test_render_with_an_emptied_database_keeps_the_feeds_on_disk(api: Api, proje
         Path(db + suffix).unlink(missing_ok=True)
     render_all(config, make_deps(config))
     assert {p: project.feed(p).read_bytes() for p in before} == before
+
+
+def test_lone_surrogate_escape_in_api_data_is_stored_and_shown_as_replacement_character(api: Api, project: Project,
+                                                                                       setup) -> None:
+    config, deps = setup
+    api.routes["/menu"] = (200, {"Content-Type": "application/json"},
+                           b'{"title": "\\ud800 lone", "items": [{"name": "\\ud83d\\ude00 ok"}]}')
+    result = run_source(config.source("menu"), config, deps)
+    assert (result.status, result.error) == ("ok", None)
+    assert feed_json(project)["data"] == {"title": "\ufffd lone", "items": [{"name": "\U0001f600 ok"}]}
+    assert "<h1>\ufffd lone</h1><p>\U0001f600 ok</p>" in project.feed("board.html").read_text()
+
+
+def test_unexpected_exception_in_a_pull_is_recorded_as_the_sources_last_error(project: Project, setup) -> None:
+    config, deps = setup
+    run_source(config.source("menu"), config, deps)
+    html_before = project.feed("board.html").read_bytes()
+
+    def explode(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("boom")
+
+    deps.client.close()
+    deps.client = httpx.Client(transport=httpx.MockTransport(explode))
+    result = run_source(config.source("menu"), config, deps)
+    error = "menu: internal error: RuntimeError: boom (please report it)"
+    assert (result.status, result.error) == ("failed", error)
+    assert feed_json(project)["last_error"] == error
+    assert db_rows(config, "select status, error from runs order by id desc limit 1") == [("failed", error)]
+    assert project.feed("board.html").read_bytes() == html_before

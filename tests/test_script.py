@@ -808,3 +808,9 @@ def test_lint_spots_template_literal_form_body():
     warnings = lint(ScriptJob("menu", "jobs/x.js", code, request()), None, [SECRET])
     assert len(warnings) == 1
     assert warnings[0].endswith("(jobs/x.js:2)")
+
+
+def test_lone_surrogates_a_script_prints_or_sets_arrive_as_replacement_characters(runner):
+    outcome = run(runner, 'console.log("a\\ud800b"); os.context.set("request.params.q", "\\udc00x\\ud83d\\ude00");')
+    assert outcome.console == [("log", "a\ufffdb")]
+    assert outcome.request["params"]["q"] == "\ufffdx\U0001f600"

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Table, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, SQLModel
 
-from worker import fetch
+from worker import fetch, jsontext
 from worker.config import AuthBlock
 from worker.errors import FetchError, StoreError
 from worker.secrets import redact
@@ -131,7 +131,7 @@ def _document(body: bytes) -> dict[str, Any]:
     text = _text(body).strip()
     if text.startswith("{"):
         try:
-            doc = json.loads(text)
+            doc = jsontext.loads(text)
         except json.JSONDecodeError:
             return {}
         return doc if isinstance(doc, dict) else {}

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from worker import jsontext
 from worker.config import Source
 from worker.errors import FetchError
 from worker.secrets import Secrets
@@ -254,7 +255,7 @@ def decode_json(response: Response) -> Any:
     if not text.strip():
         raise FetchError(f"HTTP {response.status} with an empty body from {response.url}; expected JSON")
     try:
-        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = jsontext.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise FetchError(f"response is not JSON ({kind}; {exc.msg} at line {exc.lineno}): {preview(text)}") from None
     except (ValueError, RecursionError) as exc:  # NaN/Infinity, 1e400, huge integers, absurd nesting

@@ -166,6 +166,11 @@ def run_source(source: Source, config: Config, deps: Deps, *, store: bool = True
             deps.paused_until[source.name] = deps.clock() + timedelta(seconds=exc.seconds)
         result.error = masks(_prefixed(source.name, _rate_limit_note(source, config, deps, started, str(exc))))
         result.console = [(level, masks(line)) for level, line in getattr(exc, "console", result.console)]
+    except Exception as exc:
+        # A bug of ours: the run is still recorded, so `status` and the JSON feed show it, not only the log.
+        # The traceback is logged at debug level (-v): it may hold values the mask never saw.
+        result.error = masks(f"{source.name}: internal error: {exc.__class__.__name__}: {exc} (please report it)")
+        log.debug("%s: internal error", source.name, exc_info=True)
     result.duration_ms = (time.perf_counter() - clock_start) * 1000
     if result.response is not None and not store:  # only `signfeed test` shows the response
         result.shown_headers = {k: masks(v) for k, v in result.response.headers.items()}

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from worker import jsontext
 from worker.errors import ScriptError, WorkerError
 
 HostCall = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -191,7 +192,7 @@ class _Helper:
                 raise _HelperDied
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        return jsontext.loads(line)  # a script can print or set "\ud800", which nothing downstream could write
 
     def kill(self) -> None:
         """SIGKILL and reap."""
