@@ -80,6 +80,12 @@ ERRORS = [
     ("[worker]\ntimeout = inf\n" + MINIMAL, "[worker] timeout: inf is out of range"),
     ("[worker]\ntimeout = nan\n" + MINIMAL, "[worker] timeout: nan is out of range"),
     (MINIMAL.replace('every = "5m"', 'every = "99999999999999999999d"'), "is longer than a year"),
+    ("", "no [[sources]]: add at least one"),
+    ("[worker]\ntimezone = \"UTC\"\n", "no [[sources]]: add at least one"),
+    (MINIMAL.replace("http://127.0.0.1:1/menu", "ftp://127.0.0.1/x"),
+     """[[sources]] "menu".url: 'ftp://127.0.0.1/x' is not an http:// or https:// URL with a host"""),
+    (MINIMAL.replace("http://127.0.0.1:1/menu", "127.0.0.1/menu"), "is not an http:// or https:// URL with a host"),
+    ("[secrets]\nK = { value = \"\" }\n" + MINIMAL, "[secrets] K: the value is empty; a secret needs a value"),
 ]
 
 
@@ -94,6 +100,33 @@ def test_config_mistakes_give_one_clear_line(project, toml: str, message: str) -
 def test_config_errors_name_the_file(project) -> None:
     with pytest.raises(ConfigError, match=r"^config.toml: \[worker\]: unknown key 'timout'"):
         load(project, "[worker]\ntimout = 5\n" + MINIMAL)
+
+
+def test_top_level_errors_name_the_file_once(project) -> None:
+    with pytest.raises(ConfigError, match=r"^config.toml: top level: unknown key 'feed' \(allowed: "):
+        load(project, MINIMAL + "[[feed]]\noutput = 'x'\n")
+
+
+def test_url_placeholder_filled_by_a_secret_is_checked_but_never_shown(project) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(project, '[secrets]\nBASE = { value = "ftp://secret-host" }\n' + MINIMAL.replace(
+            "http://127.0.0.1:1/menu", "<BASE>/menu"))
+    assert str(info.value) == ("""config.toml: [[sources]] "menu".url: '<BASE>/menu' is not an http:// or https:// """
+                               "URL with a host")
+
+
+def test_empty_secret_from_environment_or_file_is_a_config_error(project) -> None:
+    with pytest.raises(ConfigError, match=r"\[secrets\] K: the environment variable SF_K is empty; a secret"):
+        load(project, '[secrets]\nK = { env = "SF_K" }\n' + MINIMAL, environ={"SF_K": ""})
+    project.write("secrets/k", "\n")
+    with pytest.raises(ConfigError, match=r"\[secrets\] K: the file .*secrets/k is empty; a secret needs a value"):
+        load(project, '[secrets]\nK = { file = "secrets/k" }\n' + MINIMAL)
+
+
+def test_config_saved_with_a_byte_order_mark_loads(project) -> None:
+    project.write("config.toml", "")
+    (project.root / "config.toml").write_text("\ufeff" + MINIMAL, encoding="utf-8")
+    assert config_mod.load(project.root / "config.toml", environ={}).sources[0].name == "menu"
 
 
 def test_non_utf8_script_is_a_one_line_config_error(project) -> None:

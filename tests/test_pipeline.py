@@ -149,6 +149,7 @@ def test_secrets_and_tokens_never_reach_feeds_database_logs_or_test_output(api: 
     config, deps = setup
     project.write("jobs/oauth_token.js", (project.root / "jobs/oauth_token.js").read_text()
                   + "\nconsole.log('token is', data.access_token, 'secret is <CLIENT_SECRET>');\n")
+    config = project.config(seed_config(api))  # scripts are read when the config is loaded
     api.json("/menu", {"echo": "fine"})
     caplog.set_level(logging.DEBUG)
     run_source(config.source("menu"), config, deps)
@@ -319,3 +320,13 @@ def test_unexpected_exception_in_a_pull_is_recorded_as_the_sources_last_error(pr
     assert feed_json(project)["last_error"] == error
     assert db_rows(config, "select status, error from runs order by id desc limit 1") == [("failed", error)]
     assert project.feed("board.html").read_bytes() == html_before
+
+
+def test_a_script_edit_takes_effect_only_when_the_config_is_loaded_again(api: Api, project: Project, setup) -> None:
+    config, deps = setup
+    project.write("jobs/oauth_token.js", "if (\n")
+    assert run_source(config.source("menu"), config, deps).status == "ok"
+    reloaded = project.config(seed_config(api))
+    result = run_source(reloaded.source("menu"), reloaded, deps)
+    assert result.error == ("menu: SyntaxError: unexpected end of script (something is not closed) "
+                            "(jobs/oauth_token.js:1)")

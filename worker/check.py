@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from worker.config import Config, Source, read_text
+from worker.config import Config, Source
 from worker.errors import ConfigError, WorkerError
 from worker.render import Renderer
 from worker.script import ScriptJob, ScriptRunner, lint
@@ -19,9 +19,8 @@ def script_job(source: Source, config: Config) -> ScriptJob | None:
     path = config.script_path(source)
     if path is None:
         return None
-    code = config.secrets.substitute_js(read_text(path, "pre-request script"))
-    return ScriptJob(source.name, shown_path(path, config), code, {}, timeout=source.script_timeout,
-                     memory_mb=source.script_memory)
+    return ScriptJob(source.name, shown_path(path, config), config.script_code(source), {},
+                     timeout=source.script_timeout, memory_mb=source.script_memory)
 
 
 def check_scripts(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:

@@ -12,6 +12,7 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -157,6 +158,9 @@ class Config:
     sources: tuple[Source, ...]
     feeds: tuple[Feed, ...]
     auth: Mapping[str, AuthBlock] = field(default_factory=dict)
+    # Each pre_request file's text as read at load time: an edit takes effect on reload, after `check`
+    # has seen it, never half-way through a running config.
+    scripts: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @cached_property
     def _by_name(self) -> dict[str, Source]:
@@ -172,6 +176,14 @@ class Config:
     def script_path(self, source: Source) -> Path | None:
         return self.worker.jobs_dir / source.pre_request if source.pre_request else None
 
+    def script_code(self, source: Source) -> str:
+        """The source's pre-request script as loaded, placeholders filled in."""
+        return self._script_code[source.pre_request or ""]
+
+    @cached_property
+    def _script_code(self) -> dict[str, str]:
+        return {name: self.secrets.substitute_js(text) for name, text in self.scripts.items()}
+
     def feeds_for(self, name: str) -> tuple[Feed, ...]:
         return tuple(f for f in self.feeds if name in f.sources)
 
@@ -182,7 +194,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     if not path.exists():
         raise ConfigError(f"{path}: no such file; pass --config PATH or create it")
     try:
-        raw = tomllib.loads(read_text(path, "config file"))
+        # Windows editors save a byte-order mark, which TOML does not allow.
+        raw = tomllib.loads(read_text(path, "config file").removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
@@ -203,14 +216,17 @@ def read_text(path: Path, what: str) -> str:
 
 def parse(raw: Mapping[str, Any], path: Path, environ: Mapping[str, str]) -> Config:
     """Build a Config from parsed TOML (path anchors relative paths and names the file in errors)."""
-    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds", "auth"), f"{path.name}: top level")
+    _reject_unknown(raw, ("worker", "secrets", "sources", "feeds", "auth"), "top level")
     base = path.parent
     worker = _worker(raw.get("worker", {}), base)
     secrets = _secrets(raw.get("secrets", {}), base, environ)
     sources = tuple(_source(i, s, worker) for i, s in enumerate(_table_list(raw, "sources")))
+    if not sources:
+        raise ConfigError("no [[sources]]: add at least one (a worker with none would pull nothing, silently)")
     feeds = tuple(_feed(i, f) for i, f in enumerate(_table_list(raw, "feeds")))
     auth = _auth_blocks(raw.get("auth", {}), secrets)
-    config = Config(path, worker, secrets, sources, feeds, auth)
+    scripts = _read_scripts(sources, worker)
+    config = Config(path, worker, secrets, sources, feeds, auth, scripts)
     _check_cross_references(config)
     return config
 
@@ -306,6 +322,16 @@ def _secrets(table: Mapping[str, Any], base: Path, environ: Mapping[str, str]) -
 
 
 def _secret_value(spec: Mapping[str, Any], where: str, base: Path, environ: Mapping[str, str]) -> str:
+    value = _read_secret(spec, where, base, environ)
+    if not value:
+        # An empty secret is a forgotten export or an empty file, and the API would answer with a puzzling 401.
+        kind, arg = next(iter(spec.items()))
+        source = {"env": f"environment variable {arg}", "file": f"file {base / arg}"}.get(kind, "value")
+        raise ConfigError(f"{where}: the {source} is empty; a secret needs a value")
+    return value
+
+
+def _read_secret(spec: Mapping[str, Any], where: str, base: Path, environ: Mapping[str, str]) -> str:
     if len(spec) != 1 or next(iter(spec)) not in ("env", "file", "value"):
         raise ConfigError(f'{where}: write exactly one of {{ env = "VAR" }}, {{ file = "path" }}, {{ value = "..." }}')
     kind, arg = next(iter(spec.items()))
@@ -539,14 +565,30 @@ def _check_outputs(config: Config) -> None:
         taken[feed.output] = "another [[feeds]] entry"
 
 
+def _read_scripts(sources: tuple[Source, ...], worker: WorkerSettings) -> dict[str, str]:
+    """The text of every pre_request file the sources name, read once."""
+    scripts: dict[str, str] = {}
+    for source in sources:
+        name = source.pre_request
+        if name is None or name in scripts:
+            continue
+        path = worker.jobs_dir / name
+        if not path.is_file():
+            raise ConfigError(f'[[sources]] "{source.name}".pre_request: {path} not found; '
+                              f"put the script in {worker.jobs_dir}")
+        scripts[name] = read_text(path, "pre-request script")
+    return scripts
+
+
 def _check_source_files(config: Config, source: Source) -> None:
     where = f'[[sources]] "{source.name}"'
+    url = urlsplit(config.secrets.substitute(source.url))
+    if url.scheme.lower() not in ("http", "https") or not url.hostname:
+        # The URL as written, not substituted: it may carry a secret.
+        raise ConfigError(f"{where}.url: {source.url[:100]!r} is not an http:// or https:// URL with a host")
     texts = [source.url, *source.headers.values(), *source.params.values(), source.body or ""]
-    script = config.script_path(source)
-    if script is not None:
-        if not script.is_file():
-            raise ConfigError(f"{where}.pre_request: {script} not found; put the script in {config.worker.jobs_dir}")
-        texts.append(read_text(script, "pre-request script"))
+    if source.pre_request is not None:
+        texts.append(config.scripts[source.pre_request])
     missing = sorted({n for t in texts for n in config.secrets.undeclared(t)})
     if missing:
         raise ConfigError(

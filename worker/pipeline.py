@@ -16,7 +16,7 @@ from worker import fetch
 from worker.auth import AuthBlock, Token, TokenManager, token_rejected
 from worker.check import shown_path
 from worker.clock import Clock, utcnow
-from worker.config import Config, Source, read_text
+from worker.config import Config, Source
 from worker.errors import FetchError, ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
@@ -237,7 +237,7 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
     script_path = config.script_path(source)
     if script_path is not None:
         shown = shown_path(script_path, config)
-        code = config.secrets.substitute_js(read_text(script_path, "pre-request script"))
+        code = config.script_code(source)
         # The configured limits as written, so the error names the figure the operator set; the script's
         # own requests still stop at the run deadline.
         budget = min(source.script_timeout, source.timeout)
