@@ -4,6 +4,9 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from worker.errors import StoreError
 from worker.store import FAILED, OK, RUNS_KEPT, UNCHANGED, Run, RunRow, Snapshot, Store, encode_data
 
 
@@ -71,3 +74,12 @@ def test_runs_are_pruned_to_the_newest_hundred_per_source_leaving_other_sources(
     assert (len(kept), kept[-1].started_at, kept[0].started_at) == (
         RUNS_KEPT, pull_row("menu", 150).started_at, pull_row("menu", 249).started_at)
     assert len(store.runs("other")) == 1
+
+
+def test_unusable_database_path_is_one_line_with_the_drivers_words(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.db").write_text("not a database, just some text that is long enough to have a header\n" * 20)
+    for name, words in (("folder", "unable to open database file"), ("notes.db", "file is not a database")):
+        with pytest.raises(StoreError) as info:
+            Store(f"sqlite:///{tmp_path / name}")
+        assert str(info.value) == f"cannot open database sqlite:///{tmp_path / name}: {words}"

@@ -164,7 +164,8 @@ class Store:
             event.listen(self.engine, "connect", _on_connect)
             self._migrate()
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"cannot open database {url}: {exc}") from None
+            # The driver's own words: SQLAlchemy's text adds the statement and a second "Background" line.
+            raise StoreError(f"cannot open database {url}: {getattr(exc, 'orig', None) or exc}") from None
 
     def _migrate(self) -> None:
         SQLModel.metadata.create_all(self.engine)
