@@ -151,3 +151,11 @@ def test_check_reports_a_feeds_folder_that_cannot_be_created(capsys, menu_projec
     code, out, _ = run(capsys, "--config", str(menu_project), "check")
     assert code == 1
     assert f"error: [worker] feeds_dir: cannot create {project.root}/blocker/feeds: Not a directory" in out
+
+
+def test_history_limit_below_one_is_refused(capsys, menu_project: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["history", "menu", "--limit", "-1", "--config", str(menu_project)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "signfeed history: error: argument --limit: '-1' is not a whole number of at least 1")

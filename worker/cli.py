@@ -57,9 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     commands["pull"].add_argument("sources", nargs="*", metavar="SOURCE")
     commands["pull"].add_argument("--force", action="store_true", help="re-render even when the data is unchanged")
     commands["history"].add_argument("source")
-    commands["history"].add_argument("--limit", type=int, default=10)
-    commands["demo"].add_argument("--port", type=int, default=8787)
+    commands["history"].add_argument("--limit", type=_positive, default=10, help="rows of each kind (default 10)")
     return parser
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,13 +233,14 @@ def _next_due(source: Source, config: Config, state: SourceState, now: datetime)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import DemoAPI
+    from worker.demo import DEFAULT_PORT, DemoAPI
 
     api = DemoAPI()
     try:
-        _server, base_url = api.start(port=args.port)
+        # The bundled config.toml names this port (DEMO_API, OAUTH_AUTHENTICATION_URL), so it is not an option.
+        _server, base_url = api.start(port=DEFAULT_PORT)
     except OSError as exc:
-        raise WorkerError(f"cannot start the demo API on 127.0.0.1:{args.port}: {exc.strerror}; "
+        raise WorkerError(f"cannot start the demo API on 127.0.0.1:{DEFAULT_PORT}: {exc.strerror}; "
                           "is another `signfeed demo` running? Stop it, or free the port") from None
     try:
         daemon = Daemon(args.config)
