@@ -3,6 +3,7 @@
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timedelta
@@ -12,7 +13,8 @@ import pytest
 from conftest import Api, Project, seed_config
 
 from worker.config import Source
-from worker.scheduler import REDRAW_JOB, SWEEP_JOB, Daemon, LocalCronTrigger, trigger_for
+from worker.errors import WorkerError
+from worker.scheduler import REDRAW_JOB, SWEEP_JOB, Daemon, LocalCronTrigger, hold_daemon_lock, trigger_for
 
 NY = ZoneInfo("America/New_York")
 
@@ -255,3 +257,14 @@ def test_first_success_after_a_stale_spell_clears_the_stale_badge(api: Api, proj
     assert daemon.run_job("menu").status == "unchanged"
     assert json.loads(project.feed("menu.json").read_text())["stale"] is False
     assert "stale" not in project.feed("board.html").read_text()
+
+
+def test_a_second_daemon_on_the_same_database_is_refused_until_the_first_stops(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/signfeed.db"
+    first = hold_daemon_lock(url)
+    with pytest.raises(WorkerError) as info:
+        hold_daemon_lock(url)
+    assert str(info.value) == (f"another signfeed daemon (pid {os.getpid()}) is running on {tmp_path}/signfeed.db; "
+                               "stop it first (systemctl stop signfeed), or give this config its own database")
+    first.close()
+    hold_daemon_lock(url).close()

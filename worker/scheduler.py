@@ -1,5 +1,6 @@
 """The daemon: APScheduler fires each source's run_source on its schedule; signals stop or reload it."""
 
+import fcntl
 import logging
 import math
 import os
@@ -9,6 +10,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import IO
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
@@ -129,6 +131,28 @@ def _remove_partial_feeds(feeds_dir: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def hold_daemon_lock(database_url: str) -> IO[str]:
+    """An exclusive lock beside the database for as long as the returned file stays open.
+
+    Two daemons on one database would pull every source twice and race on the feed files. flock is released by
+    the kernel when the process dies, so a kill -9 never leaves a stale lock behind.
+    """
+    database = database_url.removeprefix("sqlite:///")
+    handle = open(f"{database}.lock", "a+", encoding="utf-8")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise WorkerError(f"another signfeed daemon (pid {holder}) is running on {database}; "
+                          "stop it first (systemctl stop signfeed), or give this config its own database") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def _on_skipped(event: JobSubmissionEvent) -> None:
     log.warning("%s: previous run has not finished (running, or queued behind busy workers: see concurrency); "
                 "this run is skipped", event.job_id)
@@ -216,6 +240,13 @@ class Daemon:
             log.error("%s: %s", name, exc)
 
     def run(self, install_signals: bool = True) -> int:
+        lock = hold_daemon_lock(self.config.worker.database)
+        try:
+            return self._serve(install_signals)
+        finally:
+            lock.close()
+
+    def _serve(self, install_signals: bool) -> int:
         if install_signals:
             signal.signal(signal.SIGTERM, self._signal_stop)
             signal.signal(signal.SIGINT, self._signal_stop)
