@@ -268,3 +268,24 @@ def test_a_second_daemon_on_the_same_database_is_refused_until_the_first_stops(t
                                "stop it first (systemctl stop signfeed), or give this config its own database")
     first.close()
     hold_daemon_lock(url).close()
+
+
+def test_a_success_the_sweep_has_not_heard_of_is_neither_called_stale_nor_hides_the_next_stale_spell(
+        api: Api, project: Project, make_deps, clock, caplog) -> None:
+    from worker.pipeline import run_source
+
+    api.json("/menu", {"title": "Lunch", "items": []})
+    daemon = daemon_for(project, api, make_deps, 'stale_after = "15m"')
+    daemon.run_job("menu")
+    clock.advance(16 * 60)
+    # A run that has recorded its success but not yet returned to run_job, which updates stale_due.
+    run_source(daemon.config.source("menu"), daemon.config, daemon.deps)
+    daemon.sweep_stale()
+    assert "data is stale" not in caplog.text
+    assert daemon.stale_due["menu"] == clock.now + timedelta(minutes=15)
+    api.raw("/menu", b"down", status=500)
+    clock.advance(16 * 60)
+    daemon.run_job("menu")
+    daemon.sweep_stale()
+    assert json.loads(project.feed("menu.json").read_text())["stale"] is True
+    assert "menu: data is stale (no successful pull for 0:15:00); feeds say so" in caplog.text

@@ -228,14 +228,21 @@ class Daemon:
         now = self.deps.clock()
         for name, due in list(self.stale_due.items()):
             if due <= now and name not in self._shown_stale:
-                self._shown_stale.add(name)
                 self.mark_stale(name)
 
     def mark_stale(self, name: str) -> None:
+        """Redraw a source's feeds as stale, unless the database shows a success this sweep did not know of."""
         try:
+            stale_after = timedelta(seconds=self.config.source(name).stale_after)
+            # A run may have succeeded after stale_due was read (it is updated once run_source returns):
+            # the database is the truth, and a false "stale" would also hide the next real stale spell.
+            last = self.deps.store.state(name).last_success_at
+            if last is not None and last + stale_after > self.deps.clock():
+                self.stale_due[name] = last + stale_after
+                return
+            self._shown_stale.add(name)
             publish(self.config, self.deps, [name])
-            log.warning("%s: data is stale (no successful pull for %s); feeds say so", name,
-                        timedelta(seconds=self.config.source(name).stale_after))
+            log.warning("%s: data is stale (no successful pull for %s); feeds say so", name, stale_after)
         except WorkerError as exc:
             log.error("%s: %s", name, exc)
 
