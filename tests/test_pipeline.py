@@ -23,7 +23,11 @@ def setup(api: Api, project: Project, make_deps):
 
 
 def feed_json(project: Project) -> dict:
-    return json.loads(project.feed("menu.json").read_text())
+    return feed_json_of(project, "menu")
+
+
+def feed_json_of(project: Project, source: str) -> dict:
+    return json.loads(project.feed(f"{source}.json").read_text())
 
 
 def db_rows(config, sql: str) -> list[tuple]:
@@ -330,3 +334,26 @@ def test_a_script_edit_takes_effect_only_when_the_config_is_loaded_again(api: Ap
     result = run_source(reloaded.source("menu"), reloaded, deps)
     assert result.error == ("menu: SyntaxError: unexpected end of script (something is not closed) "
                             "(jobs/oauth_token.js:1)")
+
+
+def test_url_credentials_echoed_back_by_the_api_are_masked_in_data_and_test_output(api: Api, project: Project,
+                                                                                 make_deps) -> None:
+    api.routes["/echo"] = lambda seen: (200, {"Content-Type": "application/json"},
+                                        json.dumps({"got": seen.headers.get("authorization")}).encode())
+    config = project.config(f"""
+[secrets]
+PASS = {{ value = "pa55-word" }}
+
+[[sources]]
+name = "echo"
+url = "{api.url.replace("http://", "http://reader:<PASS>@")}/echo"
+every = "5m"
+""")
+    deps = make_deps(config)
+    shown = run_source(config.source("echo"), config, deps, store=False)
+    assert api.seen[-1].headers["authorization"] == "Basic cmVhZGVyOnBhNTUtd29yZA=="  # reader:pa55-word
+    assert shown.data == {"got": "Basic [redacted]"}
+    assert shown.request["url"] == f"{api.url.replace('http://', 'http://reader:[redacted]@')}/echo"
+    run_source(config.source("echo"), config, deps)
+    assert feed_json_of(project, "echo")["data"] == {"got": "Basic [redacted]"}
+    assert "cmVhZGVy" not in str(db_rows(config, "select data from snapshots"))

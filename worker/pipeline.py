@@ -1,5 +1,6 @@
 """run_source: the one function that orders the stages of a pull (script → request → store → render)."""
 
+import base64
 import json
 import logging
 import time
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -120,6 +122,14 @@ class _Masks:
                 self.values.add(value)
                 # "Bearer abc" → also mask "abc" alone, which is how a token shows up in other messages.
                 self.values.add(value.partition(" ")[2] or value)
+
+    def add_url_credentials(self, url: str) -> None:
+        """user:password in a URL travel as an `Authorization: Basic` header an API may echo: mask both forms."""
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        self.values.update(v for v in (unquote(parts.password or ""), base64.b64encode(pair.encode()).decode()) if v)
 
     def __call__(self, text: str) -> str:
         return redact(text, sorted(self.values, key=len, reverse=True))
@@ -248,6 +258,7 @@ def _prepare(source: Source, config: Config, deps: Deps, masks: _Masks, result: 
         result.warnings = lint(job, outcome, config.secrets.secret_values())
         request = outcome.request
     masks.add_headers(request["headers"])
+    masks.add_url_credentials(request["url"])
     result.request = _masked_request(request, masks)
     return request, token
 
