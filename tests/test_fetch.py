@@ -138,3 +138,10 @@ def test_redirect_loop_fails_with_one_line() -> None:
 def test_unsendable_url_says_what_a_url_must_look_like(url) -> None:
     with pytest.raises(FetchError, match=r"^invalid URL .*: write http:// or https:// followed by a host$"):
         fetch.build({"method": "GET", "url": url, "headers": {}, "params": {}, "body": None})
+
+
+def test_non_ascii_header_value_is_one_line_that_does_not_show_the_value() -> None:
+    with pytest.raises(FetchError) as info:
+        fetch.build({"method": "GET", "url": "http://127.0.0.1:1/x", "headers": {"X-Name": "café"}, "params": {}})
+    assert str(info.value) == ("header 'X-Name' is not ASCII, which HTTP headers must be: percent-encode the value "
+                               "(encodeURIComponent in a script)")

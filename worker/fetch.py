@@ -71,6 +71,11 @@ def build(request: Mapping[str, Any]) -> httpx.Request:
     url = request.get("url")
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")) or url[-2:] == "//":
         raise FetchError(f"invalid URL {str(url)[:100]!r}: write http:// or https:// followed by a host")
+    for name, value in headers:
+        if not (str(name).isascii() and str(value).isascii()):
+            # httpx's own error is a bare codec message; the value is not shown, it may be a secret.
+            raise FetchError(f"header {name!r} is not ASCII, which HTTP headers must be: percent-encode the value "
+                             "(encodeURIComponent in a script)")
     try:
         return httpx.Request(
             request["method"],
