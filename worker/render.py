@@ -3,14 +3,15 @@
 import json
 import os
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+from jinja2.utils import missing
 
 from worker.config import Feed
 from worker.errors import RenderError
@@ -29,6 +30,54 @@ class SourceView:
     stale: bool
     last_error: str | None
     updated_ago: str
+
+
+def _strict_unless_chained(method: Callable[..., Any]) -> Callable[..., Any]:
+    def use(self: "FeedUndefined", *args: Any) -> Any:
+        return self._fail_with_undefined_error() if self._strict else method(self, *args)
+
+    return use
+
+
+class FeedUndefined(jinja2.ChainableUndefined):
+    """A missing name or source attribute fails the render; a missing key inside API data renders empty."""
+
+    # A typo'd source name (`goood.data`) or source attribute (`menu.dta`) is a template bug: printed as ""
+    # it would blank the screen, while a failed render keeps the last good file. API data legitimately
+    # lacks optional fields, so undefined values from inside it (and name-less ones: `[] | first`,
+    # `loop.previtem`) stay chainable. `is defined` and `| default` work for both.
+    __slots__ = ()
+
+    @property
+    def _strict(self) -> bool:
+        obj = self._undefined_obj
+        return (obj is missing and self._undefined_name is not None) or isinstance(obj, SourceView)
+
+    @property
+    def _undefined_message(self) -> str:
+        obj = self._undefined_obj
+        if isinstance(obj, SourceView) and not self._undefined_hint:
+            known = ", ".join(f.name for f in fields(SourceView))
+            return f"source {obj.name!r} has no attribute {self._undefined_name!r} (a source has {known})"
+        return super()._undefined_message
+
+    def __getattr__(self, name: str) -> Any:
+        if self._strict and not (name[:2] == "__" and name[-2:] == "__"):
+            return self._fail_with_undefined_error()
+        return super().__getattr__(name)
+
+    def __contains__(self, item: Any) -> bool:
+        return bool(self._fail_with_undefined_error()) if self._strict else False
+
+    __getitem__ = _strict_unless_chained(jinja2.ChainableUndefined.__getitem__)
+    __str__ = _strict_unless_chained(jinja2.ChainableUndefined.__str__)
+    __html__ = _strict_unless_chained(jinja2.ChainableUndefined.__html__)
+    __iter__ = _strict_unless_chained(jinja2.ChainableUndefined.__iter__)
+    __len__ = _strict_unless_chained(jinja2.ChainableUndefined.__len__)
+    __bool__ = _strict_unless_chained(jinja2.ChainableUndefined.__bool__)
+    __eq__ = _strict_unless_chained(jinja2.ChainableUndefined.__eq__)
+    __ne__ = _strict_unless_chained(jinja2.ChainableUndefined.__ne__)
+    __hash__ = _strict_unless_chained(jinja2.ChainableUndefined.__hash__)
 
 
 def ago(moment: datetime | None, now: datetime) -> str:
@@ -88,7 +137,7 @@ class Renderer:
 
     def _env(self, loader: jinja2.BaseLoader, autoescape: bool) -> jinja2.Environment:
         env = jinja2.Environment(loader=loader, autoescape=autoescape, auto_reload=True,
-                                 undefined=jinja2.ChainableUndefined)
+                                 undefined=FeedUndefined)
         env.filters["local_time"] = lambda value, fmt="%H:%M": local_time(value, fmt, self.tz)
         env.filters["ago"] = jinja2.pass_context(lambda ctx, value: ago(value, ctx["generated_at"]))
         return env
