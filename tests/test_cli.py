@@ -151,3 +151,12 @@ def test_check_reports_a_feeds_folder_that_cannot_be_created(capsys, menu_projec
     code, out, _ = run(capsys, "--config", str(menu_project), "check")
     assert code == 1
     assert f"error: [worker] feeds_dir: cannot create {project.root}/blocker/feeds: Not a directory" in out
+
+
+def test_render_on_a_fresh_database_says_no_file_was_written_when_the_template_fails(capsys, menu_project: Path,
+                                                                                   project: Project) -> None:
+    project.write("templates/board.html.j2", "{% for i in menu.data %}<p>{{ i.name }}</p>{% endfor %}")
+    code, _, err = run(capsys, "--config", str(menu_project), "render")
+    assert (code, err) == (1, "feed board.html: templates/board.html.j2:1: TypeError: 'NoneType' object is not "
+                              "iterable; no file written yet\n")
+    assert not project.feed("board.html").exists()
