@@ -11,11 +11,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+import jinja2.meta
 from jinja2.utils import missing
 
 from worker.config import Feed
 from worker.errors import RenderError
 
+# What Renderer.render gives every template besides one variable per source of its feed.
+COMMON_NAMES = frozenset({"sources", "generated_at", "timezone"})
 # Outputs that are not markup: HTML-escaping them would corrupt the data (use |tojson inside them).
 PLAIN_SUFFIXES = (".json", ".txt", ".csv")
 
@@ -130,10 +133,11 @@ class Renderer:
         self.tz = ZoneInfo(timezone)
         self.shown_dir = templates_dir.name  # errors say "templates/x.html.j2:3", as the operator knows it
         self.timezone = timezone
-        loader = jinja2.FileSystemLoader(str(templates_dir))
+        self._loader = jinja2.FileSystemLoader(str(templates_dir))
         # Escaping is decided by what we write, not the template's file name: `.html.j2` must escape too.
-        self._html = self._env(loader, autoescape=True)
-        self._plain = self._env(loader, autoescape=False)
+        self._html = self._env(self._loader, autoescape=True)
+        self._plain = self._env(self._loader, autoescape=False)
+        self.global_names = frozenset(self._html.globals)  # range, dict, namespace, ...: every template has them
 
     def _env(self, loader: jinja2.BaseLoader, autoescape: bool) -> jinja2.Environment:
         env = jinja2.Environment(loader=loader, autoescape=autoescape, auto_reload=True,
@@ -145,6 +149,7 @@ class Renderer:
     def render(self, feed: Feed, views: Mapping[str, SourceView], generated_at: datetime) -> str:
         """The feed's text; RenderError names the template file and line."""
         env = self._plain if feed.output.endswith(PLAIN_SUFFIXES) else self._html
+        # Besides the views, exactly COMMON_NAMES: `signfeed check` reports any other name a template uses.
         context = {**views, "sources": dict(views), "generated_at": generated_at, "timezone": self.timezone}
         try:
             return env.get_template(feed.template).render(context)
@@ -165,6 +170,20 @@ class Renderer:
             raise RenderError(f"{self.shown_dir}/{exc.name or template}:{exc.lineno}: {exc.message}") from None
         except jinja2.TemplateNotFound:
             raise RenderError(f"template {template!r} not found") from None
+
+    def undeclared(self, template: str) -> tuple[jinja2.nodes.Template, set[str]] | None:
+        """A template's syntax tree and the names Jinja finds it reading from the context (for static checks);
+        None when there is no such file; RenderError with file and line as check() raises them.
+        """
+        try:
+            source, _, _ = self._loader.get_source(self._html, template)
+        except jinja2.TemplateNotFound:
+            return None
+        try:
+            tree = self._html.parse(source, template)
+            return tree, jinja2.meta.find_undeclared_variables(tree)  # compiles: unknown filters fail here
+        except jinja2.TemplateSyntaxError as exc:  # always this template's: nothing else is loaded here
+            raise RenderError(f"{self.shown_dir}/{template}:{exc.lineno}: {exc.message}") from None
 
 
 def _template_line(exc: BaseException, template: str) -> str:
