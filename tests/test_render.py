@@ -43,6 +43,20 @@ def test_sources_mapping_reaches_names_with_dashes(tmp_path: Path) -> None:
     assert r.render(Feed("a.html", "t.html.j2", ("lobby-news",)), {"lobby-news": view({"n": 3})}, NOW) == "3"
 
 
+def test_a_missing_key_of_the_sources_mapping_fails_the_render(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{{ sources['lobby-nws'].data.n }}")
+    with pytest.raises(RenderError) as info:
+        r.render(Feed("a.html", "t.html.j2", ("lobby-news",)), {"lobby-news": view({"n": 3})}, NOW)
+    assert str(info.value) == (f"{tmp_path.name}/t.html.j2:1: UndefinedError: sources has no 'lobby-nws' "
+                               "(this feed's sources: lobby-news)")
+
+
+def test_absent_sources_can_be_tested_for_in_the_sources_mapping(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{{ sources.get('weather') is none }} {{ 'weather' in sources }} "
+                                        "{{ sources.weather is defined }} {{ sources['weather'] | default('-') }}")
+    assert r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view({})}, NOW) == "True False False -"
+
+
 def test_json_feed_round_trips_data_exactly() -> None:
     data = {"title": XSS, "emoji": "🌵", "n": [1, 2.5, None, True]}
     doc = json.loads(json_feed(view(data, last_error="menu: HTTP 500"), NOW))

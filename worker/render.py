@@ -35,6 +35,10 @@ class SourceView:
     updated_ago: str
 
 
+class _Sources(dict[str, SourceView]):
+    """`sources` in templates: a missing key is a missing source (strict), not missing API data."""
+
+
 def _strict_unless_chained(method: Callable[..., Any]) -> Callable[..., Any]:
     def use(self: "FeedUndefined", *args: Any) -> Any:
         return self._fail_with_undefined_error() if self._strict else method(self, *args)
@@ -45,16 +49,16 @@ def _strict_unless_chained(method: Callable[..., Any]) -> Callable[..., Any]:
 class FeedUndefined(jinja2.ChainableUndefined):
     """A missing name or source attribute fails the render; a missing key inside API data renders empty."""
 
-    # A typo'd source name (`goood.data`) or source attribute (`menu.dta`) is a template bug: printed as ""
-    # it would blank the screen, while a failed render keeps the last good file. API data legitimately
-    # lacks optional fields, so undefined values from inside it (and name-less ones: `[] | first`,
+    # A typo'd source name (`goood.data`, `sources['goood']`) or source attribute (`menu.dta`) is a template
+    # bug: printed as "" it would blank the screen, while a failed render keeps the last good file. API data
+    # legitimately lacks optional fields, so undefined values from inside it (and name-less ones: `[] | first`,
     # `loop.previtem`) stay chainable. `is defined` and `| default` work for both.
     __slots__ = ()
 
     @property
     def _strict(self) -> bool:
         obj = self._undefined_obj
-        return (obj is missing and self._undefined_name is not None) or isinstance(obj, SourceView)
+        return (obj is missing and self._undefined_name is not None) or isinstance(obj, SourceView | _Sources)
 
     @property
     def _undefined_message(self) -> str:
@@ -62,6 +66,8 @@ class FeedUndefined(jinja2.ChainableUndefined):
         if isinstance(obj, SourceView) and not self._undefined_hint:
             known = ", ".join(f.name for f in fields(SourceView))
             return f"source {obj.name!r} has no attribute {self._undefined_name!r} (a source has {known})"
+        if isinstance(obj, _Sources) and not self._undefined_hint:
+            return f"sources has no {self._undefined_name!r} (this feed's sources: {', '.join(obj)})"
         return super()._undefined_message
 
     def __getattr__(self, name: str) -> Any:
@@ -150,7 +156,7 @@ class Renderer:
         """The feed's text; RenderError names the template file and line."""
         env = self._plain if feed.output.endswith(PLAIN_SUFFIXES) else self._html
         # Besides the views, exactly COMMON_NAMES: `signfeed check` reports any other name a template uses.
-        context = {**views, "sources": dict(views), "generated_at": generated_at, "timezone": self.timezone}
+        context = {**views, "sources": _Sources(views), "generated_at": generated_at, "timezone": self.timezone}
         try:
             return env.get_template(feed.template).render(context)
         except jinja2.TemplateSyntaxError as exc:
