@@ -159,3 +159,81 @@ def test_history_limit_below_one_is_refused(capsys, menu_project: Path) -> None:
     assert info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "signfeed history: error: argument --limit: '-1' is not a whole number of at least 1")
+
+
+def test_render_on_a_fresh_database_says_no_file_was_written_when_the_template_fails(capsys, menu_project: Path,
+                                                                                   project: Project) -> None:
+    project.write("templates/board.html.j2", "{% for i in menu.data %}<p>{{ i.name }}</p>{% endfor %}")
+    code, _, err = run(capsys, "--config", str(menu_project), "render")
+    assert (code, err) == (1, "feed board.html: templates/board.html.j2:1: TypeError: 'NoneType' object is not "
+                              "iterable; no file written yet\n")
+    assert not project.feed("board.html").exists()
+
+
+def test_check_reports_a_template_name_that_is_not_one_of_the_feeds_sources(capsys, menu_project: Path,
+                                                                           project: Project) -> None:
+    project.write("templates/board.html.j2", "<h1>{{ menu.data.title }}</h1>\n<p>{{ goood.data.title }}</p>\n")
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert (code, out) == (1, "error: feed board.html: templates/board.html.j2 uses 'goood', "
+                              "which is not one of its sources (menu)\n")
+
+
+def test_check_follows_base_includes_and_imports_with_the_names_that_reach_them(capsys, api: Api,
+                                                                              project: Project) -> None:
+    config = seed_config(api).replace('sources = ["menu"]', 'sources = ["menu", "weather"]') + f"""
+[[sources]]
+name = "weather"
+url = "{api.url}/weather"
+every = "5m"
+"""
+    path = project.config(config).path
+    project.write("templates/board.html.j2", """{% extends "_layout.html.j2" %}
+{% import "_plain.j2" as plain %}
+{% set title = "Board" %}
+{% block content %}
+{%- for row in menu.data %}{% include "_row.j2" %}{% endfor %}
+{%- if news is defined %}{{ news.data }}{% endif %}{{ rooms | default("") }}{{ plain.when() }}
+{%- include "_optional.j2" ignore missing %}
+{% endblock %}
+""")
+    project.write("templates/_layout.html.j2",
+                  "<title>{{ title }}</title>{% block content %}{% endblock %}{{ generated_at }} {{ timezone }}\n")
+    project.write("templates/_row.j2", "<p>{{ row.name }} {{ weather.stale }} {{ weahter.stale }}</p>")
+    project.write("templates/_plain.j2", "{% macro when() %}{{ generated_at | local_time }}{% endmacro %}")
+    code, out, _ = run(capsys, "--config", str(path), "check")
+    assert (code, out.splitlines()) == (1, [
+        "error: feed board.html: templates/_plain.j2 uses 'generated_at', which does not reach it: "
+        'templates/board.html.j2 imports templates/_plain.j2 without context (add "with context" to the import)',
+        "error: feed board.html: templates/_row.j2 uses 'weahter', which is not one of its sources (menu, weather)",
+    ])
+
+
+def test_check_finds_a_missing_base_template_and_a_syntax_error_in_an_imported_one(capsys, menu_project: Path,
+                                                                                 project: Project) -> None:
+    project.write("templates/board.html.j2", '{% extends "_gone.html.j2" %}{% import "_m.j2" as m with context %}')
+    project.write("templates/_m.j2", "{% macro a() %}\n{{ x | no_such_filter }}\n{% endmacro %}")
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert (code, out.splitlines()) == (1, [
+        "error: feed board.html: template '_gone.html.j2' not found (used by templates/board.html.j2)",
+        "error: feed board.html: templates/_m.j2:2: No filter named 'no_such_filter'.",
+    ])
+
+
+def test_bundled_templates_pass_check_on_the_bundled_config(capsys, tmp_path: Path) -> None:
+    import shutil
+
+    for part in ("config.toml", "jobs", "templates"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / part)
+    code, out, _ = run(capsys, "--config", str(tmp_path / "config.toml"), "check")
+    assert (code, out) == (0, f"{tmp_path / 'config.toml'}: ok (5 sources, 6 feeds)\n")
+
+
+def test_daemon_start_only_warns_about_a_template_name_that_is_not_a_source(menu_project: Path, project: Project,
+                                                                            scripts) -> None:
+    from worker import config as config_mod
+    from worker.check import require_valid
+
+    project.write("templates/board.html.j2", "{{ goood.data.title }}")
+    warnings = require_valid(config_mod.load(menu_project), scripts)
+    assert warnings == ["feed board.html: templates/board.html.j2 uses 'goood', which is not one of its sources (menu)"]

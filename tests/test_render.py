@@ -5,9 +5,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import Api, Project, seed_config
 
 from worker.config import Feed
 from worker.errors import RenderError
+from worker.pipeline import render_all, run_source
 from worker.render import Renderer, SourceView, ago, json_feed, local_time, write_atomic
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -39,6 +41,20 @@ def test_json_output_template_is_not_html_escaped(tmp_path: Path) -> None:
 def test_sources_mapping_reaches_names_with_dashes(tmp_path: Path) -> None:
     r = renderer(tmp_path, "t.html.j2", "{{ sources['lobby-news'].data.n }}")
     assert r.render(Feed("a.html", "t.html.j2", ("lobby-news",)), {"lobby-news": view({"n": 3})}, NOW) == "3"
+
+
+def test_a_missing_key_of_the_sources_mapping_fails_the_render(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{{ sources['lobby-nws'].data.n }}")
+    with pytest.raises(RenderError) as info:
+        r.render(Feed("a.html", "t.html.j2", ("lobby-news",)), {"lobby-news": view({"n": 3})}, NOW)
+    assert str(info.value) == (f"{tmp_path.name}/t.html.j2:1: UndefinedError: sources has no 'lobby-nws' "
+                               "(this feed's sources: lobby-news)")
+
+
+def test_absent_sources_can_be_tested_for_in_the_sources_mapping(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{{ sources.get('weather') is none }} {{ 'weather' in sources }} "
+                                        "{{ sources.weather is defined }} {{ sources['weather'] | default('-') }}")
+    assert r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view({})}, NOW) == "True False False -"
 
 
 def test_json_feed_round_trips_data_exactly() -> None:
@@ -75,6 +91,57 @@ def test_template_runtime_error_names_template_and_line(tmp_path: Path) -> None:
     r = renderer(tmp_path, "t.html.j2", "a\nb\n{{ 1 // 0 }}\n")
     with pytest.raises(RenderError, match=r"t.html.j2:3: ZeroDivisionError"):
         r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view(None)}, NOW)
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("<p>[{{ goood.data.title }}]</p>", "'goood' is undefined"),
+    ("{% for i in goood.data %}<p>{{ i.name }}</p>{% endfor %}", "'goood' is undefined"),
+    ("<p>[{{ menu.dta }}]</p>", "source 'menu' has no attribute 'dta' "
+                                "(a source has name, data, fetched_at, stale, last_error, updated_ago)"),
+])
+def test_typo_in_a_source_name_or_attribute_keeps_the_previous_html_file(api: Api, project: Project, make_deps,
+                                                                         body: str, error: str) -> None:
+    api.json("/menu", {"title": "Lunch", "items": [{"name": "Soup"}]})
+    config = project.config(seed_config(api))
+    assert run_source(config.source("menu"), config, make_deps(config)).written
+    before = project.feed("board.html").read_bytes()
+    project.write("templates/board.html.j2", "<h1>Menu</h1>\n<main>\n" + body + "\n</main>\n")
+    result = render_all(config, make_deps(config))  # new deps: a new Renderer, no cached template
+    assert result.render_errors == [f"feed board.html: templates/board.html.j2:3: UndefinedError: {error}; "
+                                    "the previous file stays"]
+    assert project.feed("board.html").read_bytes() == before
+
+
+def test_a_source_the_feed_does_not_name_is_undefined(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{{ menu.data.title }}\n{{ weather.data.temp }}\n")
+    with pytest.raises(RenderError) as info:
+        r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view({"title": "Lunch"})}, NOW)
+    assert str(info.value) == f"{tmp_path.name}/t.html.j2:2: UndefinedError: 'weather' is undefined"
+
+
+def test_missing_keys_inside_api_data_render_empty(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2",
+                 "[{{ menu.data.dishes[0].missing }}][{{ menu.data.nothere.deeper }}][{{ menu.data.title.x }}]"
+                 "[{{ (menu.data.dishes | first).name }}]{% for d in menu.data.nothere %}x{% endfor %}"
+                 "{% for n in [1, 2] %}({{ loop.previtem }}){% endfor %}")
+    out = r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view({"title": "Lunch", "dishes": []})}, NOW)
+    assert out == "[][][][]()(1)"
+
+
+def test_missing_data_of_a_source_never_fetched_renders_empty(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "[{{ menu.data.title }}][{{ menu.data['items'][0] }}]")
+    assert r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view(None, fetched_at=None)}, NOW) == "[][]"
+
+
+def test_is_defined_and_default_work_for_missing_names_attributes_and_keys(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2",
+                 "{{ goood is defined }} {{ menu.dta is defined }} {{ menu.data.nothere is defined }} "
+                 "{{ menu is defined }} {{ menu.data.title is defined }}|"
+                 "{{ goood | default('no source') }}|{{ menu.dta | default('no attr') }}|"
+                 "{{ menu.data.nothere | default('no key') }}|{{ goood.data | default('x') if goood is defined }}|"
+                 "{% if goood is undefined %}skipped{% endif %}")
+    out = r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view({"title": "Lunch"})}, NOW)
+    assert out == "False False False True True|no source|no attr|no key||skipped"
 
 
 def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
 """`signfeed check` and start-up validation: script syntax and templates, each problem with file and line."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from worker.config import Config, Source
+from jinja2 import nodes
+
+from worker.config import Config, Feed, Source
 from worker.errors import ConfigError, WorkerError
-from worker.render import Renderer
+from worker.render import COMMON_NAMES, Renderer
 from worker.script import ScriptJob, ScriptRunner, lint
 
 
@@ -43,15 +46,111 @@ def check_scripts(config: Config, runner: ScriptRunner) -> tuple[list[str], list
     return problems, warnings
 
 
-def check_templates(config: Config) -> list[str]:
+def check_templates(config: Config) -> tuple[list[str], list[str]]:
+    """(errors, names used but never defined) of every feed's templates."""
     renderer = Renderer(config.worker.templates_dir, config.worker.timezone)
-    problems = []
+    seen: dict[str, _Names | None] = {}
+    errors: list[str] = []
+    names: list[str] = []
     for feed in config.feeds:
+        feed_errors, feed_names = template_problems(renderer, feed, seen)
+        errors += [f"feed {feed.output}: {problem}" for problem in feed_errors]
+        names += [f"feed {feed.output}: {problem}" for problem in feed_names]
+    return errors, names
+
+
+@dataclass(frozen=True)
+class _Use:
+    """One template a feed's render runs, and the names that reach it."""
+
+    template: str
+    names: frozenset[str]  # besides the environment's globals
+    by: str | None = None  # the template that extends, includes or imports it
+    optional: bool = False  # {% include ... ignore missing %}
+    no_context: str | None = None  # "x imports y without context": the names stopped there
+
+
+@dataclass(frozen=True)
+class _Names:
+    """What one template's syntax tree says about the names it uses."""
+
+    unknown: frozenset[str]  # read from the context, and neither set nor guarded by the template itself
+    own: frozenset[str]  # set by the template: they reach its base and its includes
+    refs: tuple[tuple[str, bool, bool], ...]  # (template, with context, ignore missing) it names as a string
+
+
+def template_problems(renderer: Renderer, feed: Feed, seen: dict[str, _Names | None]) -> tuple[list[str], list[str]]:
+    """(errors, names used but never defined) in a feed's template and the templates it extends, includes and
+    imports. A name is defined when it is a source of the feed, in COMMON_NAMES, a Jinja global, or set by the
+    template itself or (for a base or an include) by the template using it. `seen` caches analyses across feeds.
+    """
+    problems: list[str] = []
+    unknown_names: list[str] = []
+    todo = [_Use(feed.template, frozenset(feed.sources) | COMMON_NAMES)]
+    done: set[_Use] = set()
+    while todo:
+        use = todo.pop(0)
+        if use in done:
+            continue
+        done.add(use)
         try:
-            renderer.check(feed.template)
+            if use.template not in seen:
+                seen[use.template] = _names(renderer, use.template)
         except WorkerError as exc:
-            problems.append(f"feed {feed.output}: {exc}")
-    return problems
+            problems.append(str(exc))
+            continue
+        names = seen[use.template]
+        if names is None:
+            by = f" (used by {renderer.shown_dir}/{use.by})" if use.by else ""
+            problems += [] if use.optional else [f"template {use.template!r} not found{by}"]
+            continue
+        shown = f"{renderer.shown_dir}/{use.template}"
+        why = (f"which does not reach it: {use.no_context} (add \"with context\" to the import)" if use.no_context
+               else f"which is not one of its sources ({', '.join(feed.sources)})")
+        unknown = names.unknown - use.names - renderer.global_names
+        unknown_names += [f"{shown} uses {name!r}, {why}" for name in sorted(unknown)]
+        for ref, with_context, optional in names.refs:
+            if with_context:
+                todo.append(_Use(ref, use.names | names.own, use.template, optional, use.no_context))
+            else:  # an import without context sees the globals only
+                note = f"{shown} imports {renderer.shown_dir}/{ref} without context"
+                todo.append(_Use(ref, frozenset(), use.template, optional, note))
+    return list(dict.fromkeys(problems)), list(dict.fromkeys(unknown_names))  # a template used twice reports once
+
+
+def _names(renderer: Renderer, template: str) -> _Names | None:
+    """One walk over a template's tree; None when there is no such file.
+
+    Jinja's find_undeclared_variables also reports a top-level {% set %} read inside a block and a name set in an
+    {% if %} branch, although both are defined when read; a name the template sets anywhere is no missing source.
+    A name tested with `is defined` / `is undefined` or given a `| default` is expected to be absent sometimes.
+    """
+    found = renderer.undeclared(template)
+    if found is None:
+        return None
+    tree, undeclared = found
+    own: set[str] = set()
+    guarded: set[str] = set()
+    refs: list[tuple[nodes.Expr, bool, bool]] = []
+    for node in tree.find_all(nodes.Node):
+        match node:
+            case nodes.Name(ctx="store" | "param") | nodes.Macro():
+                own.add(node.name)
+            case nodes.Import() | nodes.FromImport():
+                own.update([node.target] if isinstance(node, nodes.Import)
+                           else [n if isinstance(n, str) else n[1] for n in node.names])
+                refs.append((node.template, node.with_context, False))
+            case nodes.Include():
+                refs.append((node.template, node.with_context, node.ignore_missing))
+            case nodes.Extends():
+                refs.append((node.template, True, False))
+            case nodes.Test(name="defined" | "undefined", node=nodes.Name() as name):
+                guarded.add(name.name)
+            case nodes.Filter(name="default" | "d", node=nodes.Name() as name):
+                guarded.add(name.name)
+    named = tuple((t.value, bool(ctx), bool(opt)) for t, ctx, opt in refs
+                  if isinstance(t, nodes.Const) and isinstance(t.value, str))
+    return _Names(frozenset(undeclared - own - guarded), frozenset(own), named)
 
 
 def check_folders(config: Config) -> list[str]:
@@ -69,16 +168,27 @@ def check_folders(config: Config) -> list[str]:
     return problems
 
 
-def check_all(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:
-    """(problems, warnings) for a loaded config."""
+def _checks(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str], list[str]]:
+    """(problems, warnings, template names never defined) for a loaded config."""
     problems, warnings = check_scripts(config, runner)
-    return check_folders(config) + problems + check_templates(config), warnings
+    template_errors, names = check_templates(config)
+    return check_folders(config) + problems + template_errors, warnings, names
+
+
+def check_all(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:
+    """(problems, warnings) for a loaded config, as `signfeed check` shows them."""
+    problems, warnings, names = _checks(config, runner)
+    return problems + names, warnings
 
 
 def require_valid(config: Config, runner: ScriptRunner) -> list[str]:
-    """Raise ConfigError on the first problem (the daemon refuses to start or reload); return the warnings."""
-    problems, warnings = check_all(config, runner)
+    """Raise ConfigError on the first problem (the daemon refuses to start or reload); return the warnings.
+
+    A template name never defined is only a warning here: the static analysis can be wrong, and a render that
+    reads an undefined name fails anyway, keeping that feed's last good file while every other feed updates.
+    """
+    problems, warnings, names = _checks(config, runner)
     if problems:
         more = f" (and {len(problems) - 1} more; run signfeed check)" if len(problems) > 1 else ""
         raise ConfigError(problems[0] + more)
-    return warnings
+    return warnings + names

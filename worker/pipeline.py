@@ -374,12 +374,13 @@ def _write(path: Path, make: Callable[[], str], has_data: bool, result: RunResul
     try:
         write_atomic(path, make())
     except WorkerError as exc:
-        message = f"feed {path.name}: {exc}; the previous file stays"
+        message = f"feed {path.name}: {exc}"
     except OSError as exc:
-        message = f"feed {path.name}: cannot write {path}: {exc.strerror}; the previous file stays"
+        message = f"feed {path.name}: cannot write {path}: {exc.strerror}"
     else:
         result.written.append(path)
         return True
+    message += "; the previous file stays" if path.exists() else "; no file written yet"
     log.error("%s", message)
     result.render_errors.append(message)
     return False

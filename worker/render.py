@@ -3,18 +3,22 @@
 import json
 import os
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+import jinja2.meta
+from jinja2.utils import missing
 
 from worker.config import Feed
 from worker.errors import RenderError
 
+# What Renderer.render gives every template besides one variable per source of its feed.
+COMMON_NAMES = frozenset({"sources", "generated_at", "timezone"})
 # Outputs that are not markup: HTML-escaping them would corrupt the data (use |tojson inside them).
 PLAIN_SUFFIXES = (".json", ".txt", ".csv")
 
@@ -29,6 +33,60 @@ class SourceView:
     stale: bool
     last_error: str | None
     updated_ago: str
+
+
+class _Sources(dict[str, SourceView]):
+    """`sources` in templates: a missing key is a missing source (strict), not missing API data."""
+
+
+def _strict_unless_chained(method: Callable[..., Any]) -> Callable[..., Any]:
+    def use(self: "FeedUndefined", *args: Any) -> Any:
+        return self._fail_with_undefined_error() if self._strict else method(self, *args)
+
+    return use
+
+
+class FeedUndefined(jinja2.ChainableUndefined):
+    """A missing name or source attribute fails the render; a missing key inside API data renders empty."""
+
+    # A typo'd source name (`goood.data`, `sources['goood']`) or source attribute (`menu.dta`) is a template
+    # bug: printed as "" it would blank the screen, while a failed render keeps the last good file. API data
+    # legitimately lacks optional fields, so undefined values from inside it (and name-less ones: `[] | first`,
+    # `loop.previtem`) stay chainable. `is defined` and `| default` work for both.
+    __slots__ = ()
+
+    @property
+    def _strict(self) -> bool:
+        obj = self._undefined_obj
+        return (obj is missing and self._undefined_name is not None) or isinstance(obj, SourceView | _Sources)
+
+    @property
+    def _undefined_message(self) -> str:
+        obj = self._undefined_obj
+        if isinstance(obj, SourceView) and not self._undefined_hint:
+            known = ", ".join(f.name for f in fields(SourceView))
+            return f"source {obj.name!r} has no attribute {self._undefined_name!r} (a source has {known})"
+        if isinstance(obj, _Sources) and not self._undefined_hint:
+            return f"sources has no {self._undefined_name!r} (this feed's sources: {', '.join(obj)})"
+        return super()._undefined_message
+
+    def __getattr__(self, name: str) -> Any:
+        if self._strict and not (name[:2] == "__" and name[-2:] == "__"):
+            return self._fail_with_undefined_error()
+        return super().__getattr__(name)
+
+    def __contains__(self, item: Any) -> bool:
+        return bool(self._fail_with_undefined_error()) if self._strict else False
+
+    __getitem__ = _strict_unless_chained(jinja2.ChainableUndefined.__getitem__)
+    __str__ = _strict_unless_chained(jinja2.ChainableUndefined.__str__)
+    __html__ = _strict_unless_chained(jinja2.ChainableUndefined.__html__)
+    __iter__ = _strict_unless_chained(jinja2.ChainableUndefined.__iter__)
+    __len__ = _strict_unless_chained(jinja2.ChainableUndefined.__len__)
+    __bool__ = _strict_unless_chained(jinja2.ChainableUndefined.__bool__)
+    __eq__ = _strict_unless_chained(jinja2.ChainableUndefined.__eq__)
+    __ne__ = _strict_unless_chained(jinja2.ChainableUndefined.__ne__)
+    __hash__ = _strict_unless_chained(jinja2.ChainableUndefined.__hash__)
 
 
 def ago(moment: datetime | None, now: datetime) -> str:
@@ -81,14 +139,15 @@ class Renderer:
         self.tz = ZoneInfo(timezone)
         self.shown_dir = templates_dir.name  # errors say "templates/x.html.j2:3", as the operator knows it
         self.timezone = timezone
-        loader = jinja2.FileSystemLoader(str(templates_dir))
+        self._loader = jinja2.FileSystemLoader(str(templates_dir))
         # Escaping is decided by what we write, not the template's file name: `.html.j2` must escape too.
-        self._html = self._env(loader, autoescape=True)
-        self._plain = self._env(loader, autoescape=False)
+        self._html = self._env(self._loader, autoescape=True)
+        self._plain = self._env(self._loader, autoescape=False)
+        self.global_names = frozenset(self._html.globals)  # range, dict, namespace, ...: every template has them
 
     def _env(self, loader: jinja2.BaseLoader, autoescape: bool) -> jinja2.Environment:
         env = jinja2.Environment(loader=loader, autoescape=autoescape, auto_reload=True,
-                                 undefined=jinja2.ChainableUndefined)
+                                 undefined=FeedUndefined)
         env.filters["local_time"] = lambda value, fmt="%H:%M": local_time(value, fmt, self.tz)
         env.filters["ago"] = jinja2.pass_context(lambda ctx, value: ago(value, ctx["generated_at"]))
         return env
@@ -96,7 +155,8 @@ class Renderer:
     def render(self, feed: Feed, views: Mapping[str, SourceView], generated_at: datetime) -> str:
         """The feed's text; RenderError names the template file and line."""
         env = self._plain if feed.output.endswith(PLAIN_SUFFIXES) else self._html
-        context = {**views, "sources": dict(views), "generated_at": generated_at, "timezone": self.timezone}
+        # Besides the views, exactly COMMON_NAMES: `signfeed check` reports any other name a template uses.
+        context = {**views, "sources": _Sources(views), "generated_at": generated_at, "timezone": self.timezone}
         try:
             return env.get_template(feed.template).render(context)
         except jinja2.TemplateSyntaxError as exc:
@@ -116,6 +176,20 @@ class Renderer:
             raise RenderError(f"{self.shown_dir}/{exc.name or template}:{exc.lineno}: {exc.message}") from None
         except jinja2.TemplateNotFound:
             raise RenderError(f"template {template!r} not found") from None
+
+    def undeclared(self, template: str) -> tuple[jinja2.nodes.Template, set[str]] | None:
+        """A template's syntax tree and the names Jinja finds it reading from the context (for static checks);
+        None when there is no such file; RenderError with file and line as check() raises them.
+        """
+        try:
+            source, _, _ = self._loader.get_source(self._html, template)
+        except jinja2.TemplateNotFound:
+            return None
+        try:
+            tree = self._html.parse(source, template)
+            return tree, jinja2.meta.find_undeclared_variables(tree)  # compiles: unknown filters fail here
+        except jinja2.TemplateSyntaxError as exc:  # always this template's: nothing else is loaded here
+            raise RenderError(f"{self.shown_dir}/{template}:{exc.lineno}: {exc.message}") from None
 
 
 def _template_line(exc: BaseException, template: str) -> str:
