@@ -237,3 +237,21 @@ def test_daemon_start_only_warns_about_a_template_name_that_is_not_a_source(menu
     project.write("templates/board.html.j2", "{{ goood.data.title }}")
     warnings = require_valid(config_mod.load(menu_project), scripts)
     assert warnings == ["feed board.html: templates/board.html.j2 uses 'goood', which is not one of its sources (menu)"]
+
+
+def test_check_reports_a_database_path_that_is_a_folder_or_not_sqlite(capsys, api: Api, project: Project) -> None:
+    (project.root / "data").mkdir()
+    (project.root / "notes.txt").write_text("shopping list\n")
+    for database, error in (("data", "is a folder; name a file, e.g. sqlite:///data/signfeed.db"),
+                            ("notes.txt", "is not an SQLite database; point database at another file")):
+        path = project.config(f'[worker]\ndatabase = "sqlite:///{database}"\n' + seed_config(api)).path
+        code, out, _ = run(capsys, "--config", str(path), "check")
+        assert (code, out) == (1, f"error: [worker] database: {project.root / database} {error}\n")
+
+
+def test_check_warns_about_a_secret_too_short_to_mask(capsys, api: Api, project: Project) -> None:
+    path = project.config(seed_config(api).replace("[secrets]", '[secrets]\nPIN = { value = "7x9" }')).path
+    code, out, _ = run(capsys, "--config", str(path), "check")
+    assert code == 0
+    assert out.splitlines()[0] == ("warning: [secrets] PIN: 3 characters is too short to be masked in logs, feeds "
+                                   "and the database (4 or more are)")

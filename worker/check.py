@@ -10,6 +10,9 @@ from worker.config import Config, Feed, Source
 from worker.errors import ConfigError, WorkerError
 from worker.render import COMMON_NAMES, Renderer
 from worker.script import ScriptJob, ScriptRunner, lint
+from worker.secrets import MIN_REDACT_LEN
+
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def shown_path(path: Path, config: Config) -> str:
@@ -168,11 +171,37 @@ def check_folders(config: Config) -> list[str]:
     return problems
 
 
+def check_database(config: Config) -> list[str]:
+    """An existing database path must be an SQLite file (checked by its header, without opening or creating it)."""
+    path = Path(config.worker.database.removeprefix("sqlite:///"))
+    if path.is_dir():
+        return [f"[worker] database: {path} is a folder; name a file, e.g. sqlite:///data/signfeed.db"]
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return []  # created at the first start
+    except OSError as exc:
+        return [f"[worker] database: cannot read {path}: {exc.strerror}"]
+    if header and header != SQLITE_HEADER:  # an empty file is a new database to SQLite
+        return [f"[worker] database: {path} is not an SQLite database; point database at another file"]
+    return []
+
+
+def secret_warnings(config: Config) -> list[str]:
+    """Secrets too short to mask: redaction skips them, since so short a text turns up everywhere by chance."""
+    return [f"[secrets] {name}: {len(value)} characters is too short to be masked in logs, feeds and the database "
+            f"({MIN_REDACT_LEN} or more are)"
+            for name, value in sorted(config.secrets.values.items())
+            if name in config.secrets.secret and len(value) < MIN_REDACT_LEN]
+
+
 def _checks(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str], list[str]]:
     """(problems, warnings, template names never defined) for a loaded config."""
     problems, warnings = check_scripts(config, runner)
     template_errors, names = check_templates(config)
-    return check_folders(config) + problems + template_errors, warnings, names
+    return (check_folders(config) + check_database(config) + problems + template_errors,
+            secret_warnings(config) + warnings, names)
 
 
 def check_all(config: Config, runner: ScriptRunner) -> tuple[list[str], list[str]]:
