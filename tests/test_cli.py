@@ -255,3 +255,14 @@ def test_check_warns_about_a_secret_too_short_to_mask(capsys, api: Api, project:
     assert code == 0
     assert out.splitlines()[0] == ("warning: [secrets] PIN: 3 characters is too short to be masked in logs, feeds "
                                    "and the database (4 or more are)")
+
+
+def test_check_reports_a_source_attribute_or_sources_key_that_does_not_exist(capsys, menu_project: Path,
+                                                                             project: Project) -> None:
+    project.write("templates/board.html.j2", "{{ menu.dta }} {{ menu.data.anything }} {{ sources['goood'].data }}\n")
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert (code, out.splitlines()) == (1, [
+        "error: feed board.html: templates/board.html.j2 uses 'menu.dta', but a source has only name, data, "
+        "fetched_at, stale, last_error, updated_ago",
+        "error: feed board.html: templates/board.html.j2 uses sources['goood'], which is not one of its sources "
+        "(menu)"])

@@ -151,3 +151,10 @@ def test_write_atomic_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> 
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["a.html"]
     assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_dotted_access_to_api_data_reads_its_keys_before_dict_methods(tmp_path: Path) -> None:
+    r = renderer(tmp_path, "t.html.j2", "{% for i in menu.data.items %}{{ i.name }} {% endfor %}{{ menu.data.keys }} "
+                                        "{{ menu.data.values | length }} {{ menu.data.other.keys() | list }}")
+    data = {"items": [{"name": "Soup"}, {"name": "Bread"}], "keys": "K", "values": [1, 2, 3], "other": {"a": 1}}
+    assert r.render(Feed("a.html", "t.html.j2", ("menu",)), {"menu": view(data)}, NOW) == "Soup Bread K 3 [&#39;a&#39;]"

@@ -8,7 +8,7 @@ from jinja2 import nodes
 
 from worker.config import Config, Feed, Source
 from worker.errors import ConfigError, WorkerError
-from worker.render import COMMON_NAMES, Renderer
+from worker.render import COMMON_NAMES, SOURCE_FIELDS, Renderer
 from worker.script import ScriptJob, ScriptRunner, lint
 from worker.secrets import MIN_REDACT_LEN
 
@@ -80,6 +80,8 @@ class _Names:
     unknown: frozenset[str]  # read from the context, and neither set nor guarded by the template itself
     own: frozenset[str]  # set by the template: they reach its base and its includes
     refs: tuple[tuple[str, bool, bool], ...]  # (template, with context, ignore missing) it names as a string
+    attributes: frozenset[tuple[str, str]] = frozenset()  # (name, attribute) for every `name.attribute`
+    keys: frozenset[str] = frozenset()  # every literal key of `sources["..."]`
 
 
 def template_problems(renderer: Renderer, feed: Feed, seen: dict[str, _Names | None]) -> tuple[list[str], list[str]]:
@@ -112,6 +114,7 @@ def template_problems(renderer: Renderer, feed: Feed, seen: dict[str, _Names | N
                else f"which is not one of its sources ({', '.join(feed.sources)})")
         unknown = names.unknown - use.names - renderer.global_names
         unknown_names += [f"{shown} uses {name!r}, {why}" for name in sorted(unknown)]
+        unknown_names += _source_misuse(shown, feed, names)
         for ref, with_context, optional in names.refs:
             if with_context:
                 todo.append(_Use(ref, use.names | names.own, use.template, optional, use.no_context))
@@ -119,6 +122,16 @@ def template_problems(renderer: Renderer, feed: Feed, seen: dict[str, _Names | N
                 note = f"{shown} imports {renderer.shown_dir}/{ref} without context"
                 todo.append(_Use(ref, frozenset(), use.template, optional, note))
     return list(dict.fromkeys(problems)), list(dict.fromkeys(unknown_names))  # a template used twice reports once
+
+
+def _source_misuse(shown: str, feed: Feed, names: _Names) -> list[str]:
+    """`menu.dta` (no such attribute of a source) and `sources["goood"]` (no such source of this feed)."""
+    problems = [f"{shown} uses '{name}.{attribute}', but a source has only {', '.join(SOURCE_FIELDS)}"
+                for name, attribute in sorted(names.attributes)
+                if name in feed.sources and name not in names.own and attribute not in SOURCE_FIELDS]
+    problems += [f"{shown} uses sources[{key!r}], which is not one of its sources ({', '.join(feed.sources)})"
+                 for key in sorted(names.keys - set(feed.sources))]
+    return problems
 
 
 def _names(renderer: Renderer, template: str) -> _Names | None:
@@ -153,7 +166,18 @@ def _names(renderer: Renderer, template: str) -> _Names | None:
                 guarded.add(name.name)
     named = tuple((t.value, bool(ctx), bool(opt)) for t, ctx, opt in refs
                   if isinstance(t, nodes.Const) and isinstance(t.value, str))
-    return _Names(frozenset(undeclared - own - guarded), frozenset(own), named)
+    attributes, keys = _source_uses(tree)
+    return _Names(frozenset(undeclared - own - guarded), frozenset(own), named, attributes, keys)
+
+
+def _source_uses(tree: nodes.Template) -> tuple[frozenset[tuple[str, str]], frozenset[str]]:
+    """Every (name, attribute) of a `name.attribute` and every literal key of `sources["..."]` in a tree."""
+    attributes = {(n.node.name, n.attr) for n in tree.find_all(nodes.Getattr)
+                  if isinstance(n.node, nodes.Name) and n.node.ctx == "load"}
+    keys = {n.arg.value for n in tree.find_all(nodes.Getitem)
+            if isinstance(n.node, nodes.Name) and n.node.name == "sources" and isinstance(n.arg, nodes.Const)
+            and isinstance(n.arg.value, str)}
+    return frozenset(attributes), frozenset(keys)
 
 
 def check_folders(config: Config) -> list[str]:

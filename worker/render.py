@@ -64,7 +64,7 @@ class FeedUndefined(jinja2.ChainableUndefined):
     def _undefined_message(self) -> str:
         obj = self._undefined_obj
         if isinstance(obj, SourceView) and not self._undefined_hint:
-            known = ", ".join(f.name for f in fields(SourceView))
+            known = ", ".join(SOURCE_FIELDS)
             return f"source {obj.name!r} has no attribute {self._undefined_name!r} (a source has {known})"
         if isinstance(obj, _Sources) and not self._undefined_hint:
             return f"sources has no {self._undefined_name!r} (this feed's sources: {', '.join(obj)})"
@@ -87,6 +87,20 @@ class FeedUndefined(jinja2.ChainableUndefined):
     __eq__ = _strict_unless_chained(jinja2.ChainableUndefined.__eq__)
     __ne__ = _strict_unless_chained(jinja2.ChainableUndefined.__ne__)
     __hash__ = _strict_unless_chained(jinja2.ChainableUndefined.__hash__)
+
+
+SOURCE_FIELDS = tuple(f.name for f in fields(SourceView))
+
+
+class _DataFirstEnvironment(jinja2.Environment):
+    """`menu.data.items` is the API's "items" key, not the dict method of that name (nor `keys`, `values`, ...)."""
+
+    # Jinja tries the attribute first, so a JSON object's "items" key, which many APIs have, would render as
+    # "<built-in method items ...>" or fail a loop. API data is JSON: its keys are what a template means.
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
 
 def ago(moment: datetime | None, now: datetime) -> str:
@@ -146,8 +160,8 @@ class Renderer:
         self.global_names = frozenset(self._html.globals)  # range, dict, namespace, ...: every template has them
 
     def _env(self, loader: jinja2.BaseLoader, autoescape: bool) -> jinja2.Environment:
-        env = jinja2.Environment(loader=loader, autoescape=autoescape, auto_reload=True,
-                                 undefined=FeedUndefined)
+        env = _DataFirstEnvironment(loader=loader, autoescape=autoescape, auto_reload=True,
+                                    undefined=FeedUndefined)
         env.filters["local_time"] = lambda value, fmt="%H:%M": local_time(value, fmt, self.tz)
         env.filters["ago"] = jinja2.pass_context(lambda ctx, value: ago(value, ctx["generated_at"]))
         return env
