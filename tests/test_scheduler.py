@@ -156,14 +156,28 @@ def test_interval_sources_are_phased_by_name_across_their_period() -> None:
     assert min(per_10s) > 120, per_10s  # ~167 each: no burst at one instant
 
 
-@pytest.mark.parametrize(("age", "expected"), [(None, True), (299, False), (300, True), (3600, True)])
-def test_start_fetches_missing_or_old_data_at_once_and_fresh_data_at_its_phase(age: int | None,
-                                                                               expected: bool) -> None:
+@pytest.mark.parametrize(("age", "failing", "expected"), [
+    (None, False, True), (299, False, False), (300, False, True), (3600, False, True), (30, True, True)])
+def test_start_fetches_failing_missing_or_old_data_at_once_and_fresh_data_at_its_phase(
+        age: int | None, failing: bool, expected: bool) -> None:
     from worker.scheduler import overdue
 
     source = Source(name="menu", url="u", every=300.0, stale_after=900.0)
     now = datetime(2026, 12, 3, 12, tzinfo=NY)
-    assert overdue(source, None if age is None else now - timedelta(seconds=age), now) is expected
+    assert overdue(source, None if age is None else now - timedelta(seconds=age), now, failing=failing) is expected
+
+
+def test_a_source_whose_last_run_failed_is_pulled_at_start_up_even_with_fresh_data(api: Api, project: Project,
+                                                                                  make_deps, clock) -> None:
+    api.json("/menu", {"items": []})
+    daemon_for(project, api, make_deps).run_job("menu")
+    api.raw("/menu", b"down", status=500)
+    clock.advance(30)
+    daemon_for(project, api, make_deps).run_job("menu")  # fresh data (30 s old), but the last run failed
+    restarted = daemon_for(project, api, make_deps)
+    assert restarted.deps.store.failing_sources() == {"menu"}
+    # At once (within the start-up spread), not at its phase on the 5-minute grid (194.675 s in).
+    assert clock.now <= restarted.scheduler.get_job("menu").next_run_time < clock.now + timedelta(seconds=1)
 
 
 @pytest.mark.parametrize(("due", "concurrency", "seconds"), [(5, 8, 0.078125), (10_000, 32, 39.0625), (0, 8, 0.0)])

@@ -71,10 +71,13 @@ def phase(name: str, every: float) -> float:
     return (zlib.crc32(name.encode("utf-8")) % int(every * 1000)) / 1000
 
 
-def overdue(source: Source, last_success: datetime | None, now: datetime) -> bool:
-    """Whether a source must be pulled at start-up: data missing or older than one period (a third of
-    stale_after, which defaults to three periods). Fresh data waits for the source's phase."""
-    return last_success is None or (now - last_success).total_seconds() >= source.stale_after / 3
+def overdue(source: Source, last_success: datetime | None, now: datetime, failing: bool = False) -> bool:
+    """Whether a source must be pulled at start-up: its last run failed (a restart is often the fix, and its
+    screen shows the error), or its data is missing or older than one period (a third of stale_after, which
+    defaults to three periods). Fresh data waits for the source's phase."""
+    if failing or last_success is None:
+        return True
+    return (now - last_success).total_seconds() >= source.stale_after / 3
 
 
 class PhasedIntervalTrigger(BaseTrigger):
@@ -180,8 +183,9 @@ class Daemon:
         )
         self.scheduler.add_listener(_on_skipped, EVENT_JOB_MAX_INSTANCES)
         now = self.deps.clock()
-        successes = self.deps.store.last_successes()
-        due_now = {s.name for s in self.config.sources if overdue(s, successes.get(s.name), now)}
+        successes, failing = self.deps.store.last_successes(), self.deps.store.failing_sources()
+        due_now = {s.name for s in self.config.sources
+                   if overdue(s, successes.get(s.name), now, failing=s.name in failing)}
         window = startup_window(len(due_now), self.config.worker.concurrency)
         for source in self.config.sources:
             last = successes.get(source.name)

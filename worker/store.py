@@ -248,6 +248,13 @@ class Store:
                 "SELECT source, max(finished_at) FROM runs WHERE status != ? GROUP BY source", (FAILED,)).fetchall()
         return {row[0]: datetime.fromisoformat(row[1]) for row in rows}
 
+    def failing_sources(self) -> set[str]:
+        """Sources whose latest run failed, in one scan (the daemon's start-up retries them at once)."""
+        with self._sql() as sql:
+            rows = sql.execute("SELECT source FROM runs WHERE status = ? AND id IN "
+                               "(SELECT max(id) FROM runs GROUP BY source)", (FAILED,)).fetchall()
+        return {row[0] for row in rows}
+
     def state(self, source: str) -> SourceState:
         """Last success, last error and the failure streak, read from the runs table."""
         with self._sql() as sql:
