@@ -357,3 +357,16 @@ every = "5m"
     run_source(config.source("echo"), config, deps)
     assert feed_json_of(project, "echo")["data"] == {"got": "Basic [redacted]"}
     assert "cmVhZGVy" not in str(db_rows(config, "select data from snapshots"))
+
+
+def test_before_the_first_success_the_json_feed_follows_each_new_error(api: Api, project: Project, setup,
+                                                                       clock) -> None:
+    config, deps = setup
+    api.raw("/menu", b"<html>Maintenance</html>")
+    run_source(config.source("menu"), config, deps)
+    api.raw("/menu", b"oops", status=500, content_type="text/plain")
+    clock.advance(300)
+    run_source(config.source("menu"), config, deps)
+    assert feed_json(project)["data"] is None
+    assert feed_json(project)["last_error"] == f"menu: HTTP 500 from {api.url}/menu?store=12: oops"
+    assert feed_json(project)["generated_at"] == "2026-12-03T12:05:00+00:00"

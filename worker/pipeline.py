@@ -354,8 +354,9 @@ def publish(config: Config, deps: Deps, names: Iterable[str], *, templates: bool
     views = {name: known.get(name) or source_view(config, deps.store, name, now) for name in names}
     done = True
     for name, view in views.items():
-        done &= _write(config.worker.feeds_dir / f"{name}.json", partial(json_feed, view, now),
-                       view.data is not None, result)
+        path = config.worker.feeds_dir / f"{name}.json"
+        # Without stored data a JSON feed is still rewritten while it holds none either: its last_error moves on.
+        done &= _write(path, partial(json_feed, view, now), view.data is not None or not _holds_data(path), result)
     for feed in (f for f in config.feeds if templates and set(f.sources) & set(names)):
         shown = {n: views.get(n) or source_view(config, deps.store, n, now) for n in feed.sources}
         done &= _write(config.worker.feeds_dir / feed.output,
@@ -364,6 +365,14 @@ def publish(config: Config, deps: Deps, names: Iterable[str], *, templates: bool
     # A feed that could not be written is retried by the source's next success, even with unchanged data.
     (deps.unpublished.difference_update if done else deps.unpublished.update)(names)
     return result.written
+
+
+def _holds_data(json_feed_path: Path) -> bool:
+    """Whether a JSON feed on disk shows data (a file this worker cannot read shows none worth keeping)."""
+    try:
+        return json.loads(json_feed_path.read_bytes()).get("data") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _write(path: Path, make: Callable[[], str], has_data: bool, result: RunResult) -> bool:
