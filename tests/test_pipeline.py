@@ -370,3 +370,24 @@ def test_before_the_first_success_the_json_feed_follows_each_new_error(api: Api,
     assert feed_json(project)["data"] is None
     assert feed_json(project)["last_error"] == f"menu: HTTP 500 from {api.url}/menu?store=12: oops"
     assert feed_json(project)["generated_at"] == "2026-12-03T12:05:00+00:00"
+
+
+def test_a_secret_a_script_sends_base64_encoded_is_masked_where_the_api_echoes_it(api: Api, project: Project,
+                                                                                  make_deps) -> None:
+    api.routes["/echo"] = lambda seen: (200, {"Content-Type": "application/json"},
+                                        json.dumps({"got": seen.headers.get("x-custom")}).encode())
+    project.write("jobs/b64.js", 'os.context.set("request.headers.x-custom", btoa("<KEY>"));\n'
+                                 'console.log(btoa("<KEY>").replace(/=+$/, ""));\n')
+    config = project.config(f"""
+[secrets]
+KEY = {{ value = "p@ss w0rd/x=1" }}
+
+[[sources]]
+name = "echo"
+url = "{api.url}/echo"
+every = "5m"
+pre_request = "b64.js"
+""")
+    shown = run_source(config.source("echo"), config, make_deps(config), store=False)
+    assert api.seen[-1].headers["x-custom"] == "cEBzcyB3MHJkL3g9MQ=="
+    assert (shown.data, shown.console) == ({"got": "[redacted]"}, [("log", "[redacted]")])

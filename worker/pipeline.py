@@ -22,7 +22,7 @@ from worker.config import Config, Source
 from worker.errors import FetchError, ScriptError, WorkerError
 from worker.render import Renderer, SourceView, ago, json_feed, write_atomic
 from worker.script import HostCall, ScriptJob, ScriptOutcome, lint
-from worker.secrets import redact
+from worker.secrets import MIN_REDACT_LEN, encoded_forms, redact
 from worker.store import FAILED, OK, SKIPPED, RunRow, Store, encode_data, iso
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class _Masks:
     def scrub(self, data: Any) -> Any:
         """API data with every secret or token it echoes masked (a `self` link carrying ?api_key=...)."""
         text = json.dumps(data, ensure_ascii=False)
-        if not any(v in text or json.dumps(v)[1:-1] in text for v in self.values if len(v) >= 4):
+        if not any(form in text for v in self.values if len(v) >= MIN_REDACT_LEN for form in encoded_forms(v)):
             return data
         return self._walk(data)
 

@@ -1,5 +1,6 @@
 """Placeholder substitution (`<NAME>`) and redaction of secret values from anything shown or stored."""
 
+import base64
 import functools
 import json
 import re
@@ -52,11 +53,14 @@ def _js_escape(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _forms(value: str) -> tuple[str, ...]:
-    """A value as it may appear in text: as is, percent- and form-encoded, JSON-escaped."""
+def encoded_forms(value: str) -> tuple[str, ...]:
+    """A value as it may appear in text: as is, percent- and form-encoded, JSON-escaped, Base64."""
     # Cached: every pull masks several texts with the same few secrets, and encoding them each time cost
     # more than the masking itself.
-    return tuple({value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]})
+    # Base64 (as a script's btoa(secret) header sends it) padded first, then bare, for where the padding differs.
+    encoded = base64.b64encode(value.encode("utf-8")).decode()
+    forms = (value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1], encoded, encoded.rstrip("="))
+    return tuple(dict.fromkeys(forms))
 
 
 def redact(text: str, values: Iterable[str]) -> str:
@@ -64,6 +68,6 @@ def redact(text: str, values: Iterable[str]) -> str:
     for value in values:
         if len(value) < MIN_REDACT_LEN:
             continue
-        for form in _forms(value):
+        for form in encoded_forms(value):
             text = text.replace(form, REDACTED)
     return text
