@@ -81,6 +81,8 @@ ERRORS = [
     ("[worker]\ntimeout = nan\n" + MINIMAL, "[worker] timeout: nan is out of range"),
     (MINIMAL.replace('every = "5m"', 'every = "99999999999999999999d"'), "is longer than a year"),
     ("", "no [[sources]]: add at least one"),
+    (MINIMAL + 'headers = { X-Name = "café" }\n',
+     '[[sources]] "menu".headers.X-Name: HTTP headers carry ASCII only; percent-encode the value'),
     ("[worker]\ntimezone = \"UTC\"\n", "no [[sources]]: add at least one"),
     (MINIMAL.replace("http://127.0.0.1:1/menu", "ftp://127.0.0.1/x"),
      """[[sources]] "menu".url: 'ftp://127.0.0.1/x' is not an http:// or https:// URL with a host"""),

@@ -586,6 +586,9 @@ def _check_source_files(config: Config, source: Source) -> None:
     if url.scheme.lower() not in ("http", "https") or not url.hostname:
         # The URL as written, not substituted: it may carry a secret.
         raise ConfigError(f"{where}.url: {source.url[:100]!r} is not an http:// or https:// URL with a host")
+    for name, value in source.headers.items():
+        if not (name.isascii() and config.secrets.substitute(value).isascii()):
+            raise ConfigError(f"{where}.headers.{name}: HTTP headers carry ASCII only; percent-encode the value")
     texts = [source.url, *source.headers.values(), *source.params.values(), source.body or ""]
     if source.pre_request is not None:
         texts.append(config.scripts[source.pre_request])
