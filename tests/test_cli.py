@@ -153,6 +153,13 @@ def test_check_reports_a_feeds_folder_that_cannot_be_created(capsys, menu_projec
     assert f"error: [worker] feeds_dir: cannot create {project.root}/blocker/feeds: Not a directory" in out
 
 
+def test_check_reports_a_feeds_dir_that_is_a_file(capsys, menu_project: Path, project: Project) -> None:
+    project.write("out", "a file")
+    menu_project.write_text('[worker]\nfeeds_dir = "out"\n' + menu_project.read_text())
+    code, out, _ = run(capsys, "--config", str(menu_project), "check")
+    assert (code, out) == (1, f"error: [worker] feeds_dir: {project.root}/out is a file, not a folder\n")
+
+
 def test_history_limit_below_one_is_refused(capsys, menu_project: Path) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["history", "menu", "--limit", "-1", "--config", str(menu_project)])

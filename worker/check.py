@@ -185,6 +185,9 @@ def check_folders(config: Config) -> list[str]:
     problems = []
     database_dir = Path(config.worker.database.removeprefix("sqlite:///")).parent
     for what, folder in (("feeds_dir", config.worker.feeds_dir), ("database folder", database_dir)):
+        if folder.exists() and not folder.is_dir():
+            problems.append(f"[worker] {what}: {folder} is a file, not a folder")
+            continue
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
