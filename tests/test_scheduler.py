@@ -180,7 +180,7 @@ def test_a_source_whose_last_run_failed_is_pulled_at_start_up_even_with_fresh_da
     assert clock.now <= restarted.scheduler.get_job("menu").next_run_time < clock.now + timedelta(seconds=1)
 
 
-@pytest.mark.parametrize(("due", "concurrency", "seconds"), [(5, 8, 0.078125), (10_000, 32, 39.0625), (0, 8, 0.0)])
+@pytest.mark.parametrize(("due", "concurrency", "seconds"), [(5, 8, 0.125), (10_000, 32, 62.5), (0, 8, 0.0)])
 def test_start_up_pulls_are_spread_only_as_much_as_the_threads_need(due: int, concurrency: int,
                                                                     seconds: float) -> None:
     from worker.scheduler import startup_window

@@ -104,10 +104,12 @@ class PhasedIntervalTrigger(BaseTrigger):
         return f"every {self.every:g}s from {self.start:%H:%M:%S} UTC"
 
 
-# Pulls one worker thread is assumed to finish per second at start-up: 100 ms each would allow 10, and 8 leaves a
-# fifth of the pool spare so first pulls don't queue behind each other (bench/scale.py --quick: first-run lateness
-# p99 545 ms at 10, see CHANGELOG). 10,000 first pulls spread over 39 s on 32 threads; a handful start at once.
-STARTUP_PULLS_PER_THREAD = 8
+# Pulls one worker thread is assumed to finish per second at start-up. The threads alone would allow 10 (100 ms
+# each), but first pulls cost more CPU than later ones (a new snapshot, a new feed file: 3.3 ms against 2.3 ms) and
+# all of it runs under one GIL: at 8 a thread, 32 threads asked for 256 first pulls/s, within 15% of what one
+# interpreter manages, and bench/scale.py's first-run lateness p99 swung 0.6-1.5 s between runs. 5 spreads 10,000
+# first pulls over their 60 s period (capped there), the rate the schedule keeps anyway; a handful start at once.
+STARTUP_PULLS_PER_THREAD = 5
 
 # The daemon's own jobs: a ':' can't be in a source name, so no source's job can replace them.
 SWEEP_JOB = "signfeed:stale-sweep"
