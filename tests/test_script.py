@@ -814,3 +814,9 @@ def test_lone_surrogates_a_script_prints_or_sets_arrive_as_replacement_character
     outcome = run(runner, 'console.log("a\\ud800b"); os.context.set("request.params.q", "\\udc00x\\ud83d\\ude00");')
     assert outcome.console == [("log", "a\ufffdb")]
     assert outcome.request["params"]["q"] == "\ufffdx\U0001f600"
+
+
+def test_a_thrown_plain_object_is_shown_as_json_not_object_object(runner):
+    with pytest.raises(ScriptError) as caught:
+        run(runner, 'const a = 1;\nthrow {code: 42, message: "nope"};\n')
+    assert str(caught.value) == 'menu: pre-request script failed: {"code":42,"message":"nope"} (jobs/x.js)'

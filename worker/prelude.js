@@ -355,10 +355,17 @@
     timers = [];
     timerSeq = 0;
     virtualNow = 0;
-    // No rejection handler: a failing script leaves this chain rejected and unhandled, and the engine
-    // reports it (with the script's own stack) like any other unhandled rejection.
-    apply(promiseThen, fn(), [() => { finished = true; }]);
+    // The rejection handler rethrows, so a failing script leaves this chain rejected and unhandled, and the
+    // engine reports it (with the script's own stack) like any other unhandled rejection.
+    apply(promiseThen, fn(), [() => { finished = true; }, rethrowReadably]);
     return status;
+  }
+
+  // A thrown plain object would read "[object Object]": say what it holds. (Errors keep their stack and so the
+  // user's line; a thrown string or number already reads as itself.)
+  function rethrowReadably(reason) {
+    if (reason !== null && typeof reason === 'object' && !(reason instanceof Err)) throw new Err(show(reason));
+    throw reason;
   }
 
   // Delete what the run added to globalThis; built-in globals are locked, so a count tells.
