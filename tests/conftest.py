@@ -56,6 +56,11 @@ class Api:
     def raw(self, path: str, body: bytes, status: int = 200, content_type: str = "text/html") -> None:
         self.routes[path] = (status, {"Content-Type": content_type}, body)
 
+    def echo_header(self, path: str, header: str) -> None:
+        """Answer {"got": <the request's value of header>}, as APIs that echo what they were sent do."""
+        self.routes[path] = lambda seen: (200, {"Content-Type": "application/json"},
+                                          json.dumps({"got": seen.headers.get(header)}).encode())
+
     def paths(self) -> list[str]:
         return [s.path for s in self.seen]
 

@@ -338,8 +338,7 @@ def test_a_script_edit_takes_effect_only_when_the_config_is_loaded_again(api: Ap
 
 def test_url_credentials_echoed_back_by_the_api_are_masked_in_data_and_test_output(api: Api, project: Project,
                                                                                  make_deps) -> None:
-    api.routes["/echo"] = lambda seen: (200, {"Content-Type": "application/json"},
-                                        json.dumps({"got": seen.headers.get("authorization")}).encode())
+    api.echo_header("/echo", "authorization")
     config = project.config(f"""
 [secrets]
 PASS = {{ value = "pa55-word" }}
@@ -374,8 +373,7 @@ def test_before_the_first_success_the_json_feed_follows_each_new_error(api: Api,
 
 def test_a_secret_a_script_sends_base64_encoded_is_masked_where_the_api_echoes_it(api: Api, project: Project,
                                                                                   make_deps) -> None:
-    api.routes["/echo"] = lambda seen: (200, {"Content-Type": "application/json"},
-                                        json.dumps({"got": seen.headers.get("x-custom")}).encode())
+    api.echo_header("/echo", "x-custom")
     project.write("jobs/b64.js", 'os.context.set("request.headers.x-custom", btoa("<KEY>"));\n'
                                  'console.log(btoa("<KEY>").replace(/=+$/, ""));\n')
     config = project.config(f"""
